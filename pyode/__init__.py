@@ -1,0 +1,28 @@
+"""pyode: fast training of neural differential equations in PyTorch."""
+
+from .compat import odeint as odeint
+from .norms import make_seminorm as make_seminorm
+from .norms import max_norm as max_norm
+from .norms import mixed_norm as mixed_norm
+from .norms import rms_norm as rms_norm
+from .problem import ODEProblem as ODEProblem
+from .problem import ReturnCode as ReturnCode
+from .problem import Solution as Solution
+from .problem import SolveError as SolveError
+from .problem import Stats as Stats
+from .sensitivity import DirectAdjoint as DirectAdjoint
+from .solve import solve as solve
+from .solvers import BS3 as BS3
+from .solvers import DP5 as DP5
+from .solvers import DP8 as DP8
+from .solvers import RK4 as RK4
+from .solvers import AbstractExplicitRK as AbstractExplicitRK
+from .solvers import AbstractSolver as AbstractSolver
+from .solvers import ButcherTableau as ButcherTableau
+from .solvers import Euler as Euler
+from .solvers import Heun as Heun
+from .solvers import Midpoint as Midpoint
+from .solvers import Tsit5 as Tsit5
+from .step_control import PIController as PIController
+
+__version__ = "0.1.0"

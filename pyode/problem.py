@@ -1,0 +1,185 @@
+"""The problem a user states and the solution they get back."""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
+
+import torch
+
+if TYPE_CHECKING:
+    from .interpolation import DenseOutput
+
+State = Union[torch.Tensor, tuple]
+TimeLike = Union[float, int, torch.Tensor]
+
+
+class ReturnCode(enum.Enum):
+    """How a solve ended, named as in SciML so code moves between engines unchanged."""
+
+    Success = "the solve reached the end of the time span"
+    MaxIters = (
+        "the solve took max_steps steps without reaching the end of the time span; "
+        "raise max_steps, loosen rtol/atol, or check the problem for stiffness"
+    )
+    DtLessThanMin = (
+        "the step size fell below dtmin while steps kept failing the error test; the solution may "
+        "blow up, have a singularity, or be stiff (an explicit method then needs tiny steps)"
+    )
+    Unstable = "the solution became NaN or Inf"
+
+    @property
+    def message(self) -> str:
+        return self.value
+
+    @property
+    def successful(self) -> bool:
+        return self is ReturnCode.Success
+
+
+class SolveError(RuntimeError):
+    """A solve that did not succeed, raised when `throw=True`.
+
+    Attributes:
+        retcode: the `ReturnCode` of the failure.
+        t: the time the solve reached.
+        solution: the partial `Solution`, up to the last save point reached.
+    """
+
+    def __init__(self, retcode: ReturnCode, t: float, solution: Solution | None = None):
+        self.retcode = retcode
+        self.t = t
+        self.solution = solution
+        super().__init__(f"solve failed with ReturnCode.{retcode.name} at t = {t:.6g}: {retcode.message}")
+
+
+@dataclass
+class Stats:
+    """Work done by one solve: evaluations of f, and accepted and rejected steps."""
+
+    nfe: int = 0
+    naccept: int = 0
+    nreject: int = 0
+
+
+def _as_time(value: TimeLike, name: str) -> TimeLike:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar; got a tensor of shape {tuple(value.shape)}")
+        if value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"{name} must be real; got dtype {value.dtype}")
+        as_float = float(value.detach())
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        as_float = float(value)
+    else:
+        raise TypeError(f"{name} must be a real number or a 0-d tensor; got {type(value).__name__}")
+    if not math.isfinite(as_float):
+        raise ValueError(f"{name} must be finite; got {as_float}")
+    return value
+
+
+def _check_state(y0: Any) -> None:
+    parts = y0 if isinstance(y0, tuple) else (y0,)
+    if isinstance(y0, list):
+        raise TypeError("y0 must be a tensor or a tuple of tensors; got a list (use a tuple)")
+    if not parts:
+        raise ValueError("y0 is an empty tuple; give at least one tensor")
+    for i, part in enumerate(parts):
+        name = f"y0[{i}]" if isinstance(y0, tuple) else "y0"
+        if not isinstance(part, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor; got {type(part).__name__}")
+        if part.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise TypeError(f"{name} must be a real floating-point tensor (float32 or float64); got {part.dtype}")
+        if part.dtype != parts[0].dtype or part.device != parts[0].device:
+            raise TypeError(
+                f"the tensors of a tuple state must share one dtype and device; y0[0] is "
+                f"{parts[0].dtype} on {parts[0].device}, {name} is {part.dtype} on {part.device}"
+            )
+        if not bool(torch.isfinite(part.detach()).all()):
+            raise ValueError(f"{name} contains NaN or Inf")
+
+
+@dataclass(frozen=True)
+class ODEProblem:
+    """dy/dt = f(t, y) on `tspan` with y(tspan[0]) = y0.
+
+    Args:
+        f: the vector field, called as `f(t, y)` with `t` a 0-d tensor of y's dtype and `y` shaped
+            like `y0`; it returns dy/dt of the same shape (a tuple for tuple states).
+        y0: the initial state: a tensor of any shape (a batch is a leading dimension) or a tuple
+            of tensors sharing dtype and device; float32 or float64, any device.
+        tspan: (t0, t1); t1 < t0 integrates backward in time.
+        params: the tensors gradients are taken with respect to by the adjoint methods; by default
+            the parameters of `f` when it is an `nn.Module`, else none.
+    """
+
+    f: Callable
+    y0: State
+    tspan: tuple[TimeLike, TimeLike]
+    params: tuple[torch.Tensor, ...] = ()
+
+    def __init__(self, f: Callable, y0: State, tspan: Sequence[TimeLike], params: Sequence[torch.Tensor] | None = None):
+        if not callable(f):
+            raise TypeError(f"f must be callable as f(t, y); got {type(f).__name__}")
+        _check_state(y0)
+        if isinstance(tspan, torch.Tensor):
+            if tspan.shape != (2,):
+                raise ValueError(f"tspan must hold two times (t0, t1); got a tensor of shape {tuple(tspan.shape)}")
+            tspan = (tspan[0], tspan[1])
+        if not isinstance(tspan, (tuple, list)) or len(tspan) != 2:
+            raise ValueError(f"tspan must be a pair (t0, t1); got {tspan!r}")
+        t0 = _as_time(tspan[0], "tspan[0]")
+        t1 = _as_time(tspan[1], "tspan[1]")
+        if params is None:
+            params = tuple(f.parameters()) if isinstance(f, torch.nn.Module) else ()
+        else:
+            params = tuple(params)
+            for i, p in enumerate(params):
+                if not isinstance(p, torch.Tensor):
+                    raise TypeError(f"params[{i}] must be a torch.Tensor; got {type(p).__name__}")
+        object.__setattr__(self, "f", f)
+        object.__setattr__(self, "y0", y0)
+        object.__setattr__(self, "tspan", (t0, t1))
+        object.__setattr__(self, "params", params)
+
+
+@dataclass
+class Solution:
+    """The result of `solve`.
+
+    Attributes:
+        t: save times, shape (T,), in the time dtype.
+        y: states at those times, stacked on dim 0: (T, *y0.shape), or a tuple of such.
+        stats: the forward solve's `Stats`.
+        adjoint_stats: the backward pass's `Stats`, filled in by `backward()` for the adjoint
+            methods (None for `DirectAdjoint`, whose backward is autograd's).
+        retcode: a `ReturnCode`.
+        prob, solver: what was solved, and how.
+    """
+
+    t: torch.Tensor
+    y: State
+    stats: Stats
+    retcode: ReturnCode
+    prob: ODEProblem
+    solver: Any
+    adjoint_stats: Stats | None = None
+    dense: DenseOutput | None = None
+
+    def __call__(self, t: TimeLike) -> State:
+        """The solution at any time(s) in the span by dense interpolation.
+
+        `t` is a number, a 0-d tensor (returns one state) or a 1-D tensor (returns states stacked
+        on dim 0). Needs `dense=True` in `solve` (the default when `saveat` is not given).
+        """
+        if self.dense is None:
+            raise ValueError("this Solution has no dense output; call solve(..., dense=True) to evaluate it between save points")
+        return self.dense(t)
+
+    def __repr__(self) -> str:
+        return (
+            f"Solution(retcode={self.retcode.name}, t: {tuple(self.t.shape)}, solver={self.solver!r}, "
+            f"nfe={self.stats.nfe}, naccept={self.stats.naccept}, nreject={self.stats.nreject})"
+        )

@@ -1,0 +1,27 @@
+"""What every sensitivity algorithm is: a description that knows how to run a solve."""
+
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..problem import ODEProblem, Solution
+    from ..solve import SolveOptions
+    from ..solvers.base import AbstractSolver
+
+
+class AbstractSensitivityAlgorithm(abc.ABC):
+    """How gradients flow back through a solve. Subclasses are small frozen descriptions.
+
+    `solve` runs the forward loop (`pyode.solve.integrate`) in whatever way the algorithm needs:
+    under autograd, or under `no_grad` wrapped in a `torch.autograd.Function` whose backward
+    solves the adjoint system with the same loop.
+    """
+
+    @abc.abstractmethod
+    def solve(self, prob: ODEProblem, solver: AbstractSolver, opts: SolveOptions, throw: bool) -> Solution:
+        """Solve `prob`, arranging for gradients to reach y0, the params and the times."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

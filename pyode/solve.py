@@ -1,0 +1,464 @@
+"""The integration loop: the one forward loop that every sensitivity method runs.
+
+Step control runs on host floats: each step reads its error ratio once (`.item()`, the step's
+only device sync) and decides accept/reject in plain Python. States travel as one flat vector,
+so a stage combination is one matrix-vector product over the stacked stages.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from . import interpolation
+from .interpolation import DenseOutput
+from .norms import Norm, max_norm, rms_norm
+from .problem import ODEProblem, ReturnCode, Solution, SolveError, State, Stats
+from .solvers.base import AbstractSolver
+from .step_control import PIController, initial_step
+
+_EPS = 2.220446049250313e-16  # float64 machine epsilon: host-side time arithmetic is float64
+
+
+@dataclass(frozen=True)
+class SolveOptions:
+    """Everything `solve` was asked for, validated and in host floats."""
+
+    saveat: tuple[float, ...] | None
+    saveat_tensor: torch.Tensor | None  # the save times when they require grad
+    dt: float | None
+    adaptive: bool
+    rtol: float
+    atol: float
+    internalnorm: Norm
+    controller: PIController
+    tstops: tuple[float, ...]
+    dtmin: float
+    dtmax: float
+    max_steps: int
+    dense: bool
+    time_dtype: torch.dtype
+
+
+class StateLayout:
+    """How a state (a tensor of any shape, or a tuple of them) maps to one flat vector."""
+
+    def __init__(self, y0: State):
+        self.is_tuple = isinstance(y0, tuple)
+        parts = y0 if self.is_tuple else (y0,)
+        self.shapes = tuple(p.shape for p in parts)
+        self.sizes = tuple(p.numel() for p in parts)
+        self.numel = sum(self.sizes)
+
+    def flatten(self, y: State) -> torch.Tensor:
+        if self.is_tuple:
+            return torch.cat([p.reshape(-1) for p in y])
+        return y.reshape(-1)
+
+    def unflatten(self, flat: torch.Tensor) -> State:
+        if self.is_tuple:
+            return tuple(p.view(s) for p, s in zip(flat.split(self.sizes), self.shapes))
+        return flat.view(self.shapes[0])
+
+    def unflatten_batch(self, flat: torch.Tensor) -> State:
+        """(T, n) -> (T, *shape), or a tuple of those."""
+        T = flat.shape[0]
+        if self.is_tuple:
+            return tuple(p.reshape(T, *s) for p, s in zip(flat.split(self.sizes, dim=1), self.shapes))
+        return flat.reshape(T, *self.shapes[0])
+
+    def flat_norm(self, norm: Norm) -> Callable[[torch.Tensor], torch.Tensor]:
+        # RMS and max give the same value on the flat vector as on the structured state.
+        if norm is rms_norm or norm is max_norm:
+            return norm
+        return lambda flat: norm(self.unflatten(flat))
+
+    def check_derivative(self, out: Any, y0: State) -> None:
+        """Check f's first output against the state, so a mistake is named at once."""
+        if self.is_tuple:
+            if not isinstance(out, (tuple, list)) or len(out) != len(self.shapes):
+                raise TypeError(
+                    f"f must return a tuple of {len(self.shapes)} tensors like y; got {type(out).__name__}"
+                    + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else "")
+                )
+            pairs = [(f"f(t, y)[{i}]", o, y) for i, (o, y) in enumerate(zip(out, y0))]
+        else:
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(f"f must return a tensor shaped like y; got {type(out).__name__}")
+            pairs = [("f(t, y)", out, y0)]
+        for name, o, y in pairs:
+            if not isinstance(o, torch.Tensor):
+                raise TypeError(f"{name} must be a tensor; got {type(o).__name__}")
+            if o.shape != y.shape:
+                raise ValueError(f"{name} has shape {tuple(o.shape)}, but the state has shape {tuple(y.shape)}; f must return dy/dt shaped like y")
+            if o.dtype != y.dtype:
+                raise TypeError(f"{name} has dtype {o.dtype}, but the state has dtype {y.dtype}; f must return dy/dt of y's dtype")
+            if o.device != y.device:
+                raise TypeError(f"{name} is on {o.device}, but the state is on {y.device}")
+
+
+def _times(values: Any, name: str, t0: float, t1: float, strict_inside: bool = False) -> tuple[tuple[float, ...], torch.Tensor | None]:
+    """Validate a sequence of times: 1-D, finite, strictly monotone in the direction of t0 → t1,
+    and within the span. Returns them as floats, plus the tensor when it requires grad."""
+    tensor = values if isinstance(values, torch.Tensor) else None
+    if tensor is not None:
+        if tensor.dim() != 1:
+            raise ValueError(f"{name} must be a 1-D tensor of times; got shape {tuple(tensor.shape)}")
+        floats = tuple(float(v) for v in tensor.detach().cpu().tolist())
+    else:
+        try:
+            floats = tuple(float(v) for v in values)
+        except TypeError:
+            raise TypeError(f"{name} must be a 1-D tensor or a sequence of numbers; got {type(values).__name__}") from None
+    direction = 1.0 if t1 >= t0 else -1.0
+    word = "increasing" if direction > 0 else "decreasing (t1 < t0 integrates backward)"
+    for i, v in enumerate(floats):
+        if not math.isfinite(v):
+            raise ValueError(f"{name}[{i}] = {v} is not finite")
+        if i and direction * (v - floats[i - 1]) <= 0:
+            kind = "duplicated" if v == floats[i - 1] else "out of order"
+            raise ValueError(f"{name} must be strictly {word}; {name}[{i}] = {v} is {kind} after {floats[i - 1]}")
+        lo, hi = min(t0, t1), max(t0, t1)
+        if not lo <= v <= hi:
+            raise ValueError(f"{name}[{i}] = {v} lies outside tspan ({t0}, {t1})")
+    return floats, (tensor if tensor is not None and tensor.requires_grad else None)
+
+
+def _positive(value: Any, name: str, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number; got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'non-negative' if allow_zero else 'positive'} and finite; got {value}")
+    return value
+
+
+def make_options(
+    prob: ODEProblem,
+    solver: AbstractSolver,
+    *,
+    saveat: Any = None,
+    dt: float | None = None,
+    adaptive: bool | None = None,
+    rtol: float = 1e-6,
+    atol: float = 1e-8,
+    internalnorm: Norm | None = None,
+    controller: PIController | None = None,
+    tstops: Any = None,
+    dtmin: float | None = None,
+    dtmax: float | None = None,
+    max_steps: int = 100_000,
+    dense: bool | None = None,
+    time_dtype: torch.dtype | None = None,
+) -> SolveOptions:
+    """Validate `solve`'s keywords against the problem and the solver."""
+    if not isinstance(prob, ODEProblem):
+        raise TypeError(f"prob must be a pyode.ODEProblem; got {type(prob).__name__}")
+    if not isinstance(solver, AbstractSolver):
+        raise TypeError(f"solver must be a pyode solver such as pyode.Tsit5(); got {solver!r}")
+    t0, t1 = (float(t) for t in prob.tspan)
+    rtol = _positive(rtol, "rtol", allow_zero=True)
+    atol = _positive(atol, "atol", allow_zero=True)
+    if rtol == 0 and atol == 0:
+        raise ValueError("rtol and atol are both 0; at least one must be positive")
+    if adaptive is None:
+        adaptive = solver.adaptive
+    elif adaptive and not solver.adaptive:
+        raise ValueError(f"{solver!r} has no error estimate, so it cannot step adaptively; pass dt= for fixed steps")
+    if dt is not None:
+        dt = _positive(dt, "dt")
+    elif not adaptive:
+        why = "adaptive=False" if solver.adaptive else f"{solver!r} has no error estimate and"
+        raise ValueError(f"{why} steps with a fixed step size: pass dt=")
+    if internalnorm is None:
+        internalnorm = rms_norm
+    elif not callable(internalnorm):
+        raise TypeError(f"internalnorm must be callable on a state; got {type(internalnorm).__name__}")
+    if controller is None:
+        controller = PIController()
+    elif not isinstance(controller, PIController):
+        raise TypeError(f"controller must be a pyode.PIController; got {type(controller).__name__}")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive integer; got {max_steps!r}")
+    span = abs(t1 - t0)
+    dtmax = span if dtmax is None else _positive(dtmax, "dtmax")
+    if dtmin is None:
+        dtmin = 16 * _EPS * max(abs(t0), abs(t1), span, 1e-300)
+    else:
+        dtmin = _positive(dtmin, "dtmin", allow_zero=True)
+    saves, saves_tensor = (None, None) if saveat is None else _times(saveat, "saveat", t0, t1)
+    stops = () if tstops is None else _times(sorted(set(float(s) for s in (tstops.tolist() if isinstance(tstops, torch.Tensor) else tstops)), reverse=t1 < t0), "tstops", t0, t1)[0]
+    if dense is None:
+        dense = saveat is None
+    if time_dtype is None:
+        y0 = prob.y0[0] if isinstance(prob.y0, tuple) else prob.y0
+        time_dtype = torch.float32 if y0.device.type == "mps" else torch.float64
+    elif time_dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"time_dtype must be torch.float32 or torch.float64; got {time_dtype}")
+    return SolveOptions(
+        saveat=saves,
+        saveat_tensor=saves_tensor,
+        dt=dt,
+        adaptive=bool(adaptive),
+        rtol=rtol,
+        atol=atol,
+        internalnorm=internalnorm,
+        controller=controller,
+        tstops=stops,
+        dtmin=dtmin,
+        dtmax=dtmax,
+        max_steps=max_steps,
+        dense=bool(dense),
+        time_dtype=time_dtype,
+    )
+
+
+def integrate(prob: ODEProblem, solver: AbstractSolver, opts: SolveOptions, throw: bool = True) -> Solution:
+    """Run the forward loop; autograd records it unless the caller disabled grad."""
+    layout = StateLayout(prob.y0)
+    y0 = layout.flatten(prob.y0)
+    dtype, device = y0.dtype, y0.device
+    t0, t1 = float(prob.tspan[0]), float(prob.tspan[1])
+    direction = 1.0 if t1 >= t0 else -1.0
+    stats = Stats()
+    user_f = prob.f
+
+    def f(t: float, y: torch.Tensor) -> torch.Tensor:
+        stats.nfe += 1
+        return layout.flatten(user_f(torch.scalar_tensor(t, dtype=dtype, device=device), layout.unflatten(y)))
+
+    norm = layout.flat_norm(opts.internalnorm)
+    stepper = solver.stepper(f, dtype, device)
+    controller = opts.controller
+    gains = controller.gains(solver.error_order) if opts.adaptive else (0.0, 0.0)
+
+    # The first evaluation checks what f returns, so a wrong shape or dtype is named here.
+    first = user_f(torch.scalar_tensor(t0, dtype=dtype, device=device), prob.y0)
+    stats.nfe += 1
+    layout.check_derivative(first, prob.y0)
+    k1 = layout.flatten(first)
+
+    out_t: list[float] = []
+    out_y: list[torch.Tensor] = []
+    saves = opts.saveat
+    save_i = 0
+    if saves is None:
+        out_t.append(t0)
+        out_y.append(y0.unsqueeze(0))
+    else:
+        while save_i < len(saves) and saves[save_i] == t0:
+            out_t.append(t0)
+            out_y.append(y0.unsqueeze(0))
+            save_i += 1
+    dense = DenseOutput(t0, t1, layout.unflatten_batch, layout.unflatten, opts.time_dtype) if opts.dense else None
+
+    stops = [s for s in opts.tstops if direction * (s - t0) > 0 and s != t1] + [t1]
+    stop_i = 0
+    retcode = ReturnCode.Success
+    t, y = t0, y0
+
+    if t0 == t1:
+        h_abs = 0.0
+    elif opts.adaptive and opts.dt is None:
+        h_abs = initial_step(f, t0, y0, k1, direction, solver.order, opts.rtol, opts.atol, norm)
+        if not math.isfinite(h_abs):
+            retcode = ReturnCode.Unstable
+        h_abs = min(h_abs, opts.dtmax)
+    else:
+        h_abs = min(opts.dt, opts.dtmax)
+    prev_ratio = 1e-4
+    grad_enabled = torch.is_grad_enabled()
+
+    while retcode is ReturnCode.Success and direction * (t1 - t) > 0:
+        if stats.naccept + stats.nreject >= opts.max_steps:
+            retcode = ReturnCode.MaxIters
+            break
+        stop = stops[stop_i]
+        remaining = direction * (stop - t)
+        # Stretch a step by up to 1% to land on a stop rather than leave a sliver (Hairer's
+        # DOPRI5); a fixed step lands when it is within rounding of the stop.
+        reach = min(1.01 * h_abs, opts.dtmax) if opts.adaptive else h_abs + 64 * _EPS * max(abs(t), abs(stop))
+        if reach >= remaining:
+            h, t_new, on_stop = direction * remaining, stop, True
+        else:
+            h, t_new, on_stop = direction * h_abs, t + direction * h_abs, False
+        if t_new == t:
+            retcode = ReturnCode.DtLessThanMin
+            break
+
+        step = stepper.step(t, y, h, k1)
+
+        if opts.adaptive:
+            if grad_enabled:
+                # The controller is not differentiated: keep the error estimate off the graph.
+                with torch.no_grad():
+                    ratio = stepper.error_ratio(step, opts.rtol, opts.atol, norm).item()
+            else:
+                ratio = stepper.error_ratio(step, opts.rtol, opts.atol, norm).item()
+            if not ratio <= 1.0:  # also catches NaN
+                stats.nreject += 1
+                finite = math.isfinite(ratio)
+                factor = controller.factor(ratio, prev_ratio, gains, accepted=False) if finite else controller.factor_min
+                h_abs = abs(h) * factor
+                if h_abs < opts.dtmin:
+                    retcode = ReturnCode.DtLessThanMin if finite else ReturnCode.Unstable
+                continue
+            h_abs = min(abs(h) * controller.factor(ratio, prev_ratio, gains, accepted=True), opts.dtmax)
+            prev_ratio = max(ratio, 1e-4)
+        stats.naccept += 1
+
+        y_new = step.y1
+        if on_stop:
+            stop_i += 1
+        at_end = on_stop and t_new == t1
+        next_k1 = step.next_k1
+        if next_k1 is None and not at_end:
+            next_k1 = f(t_new, y_new)
+
+        # Save points inside this step, and dense output.
+        j0 = save_i
+        if saves is not None:
+            while save_i < len(saves) and direction * (saves[save_i] - t_new) <= 0:
+                save_i += 1
+        interior = saves is not None and save_i > j0 and not (save_i - j0 == 1 and saves[j0] == t_new and opts.saveat_tensor is None)
+        if interior or dense is not None:
+            f1 = next_k1
+            if f1 is None and stepper.dense_needs_f1:
+                f1 = f(t_new, y_new)
+            r = stepper.dense(step, f1)
+            if dense is not None:
+                dense.append(t, h, y, r)
+        if saves is None:
+            out_t.append(t_new)
+            out_y.append(y_new.unsqueeze(0))
+        elif save_i > j0:
+            saved_before = len(out_y)
+            out_t.extend(saves[j0:save_i])
+            if opts.saveat_tensor is not None:
+                theta = ((opts.saveat_tensor[j0:save_i] - t) / h).to(dtype)
+                out_y.append(interpolation.evaluate(y, r, theta))
+            else:
+                ends_here = saves[save_i - 1] == t_new
+                inside = saves[j0 : save_i - 1] if ends_here else saves[j0:save_i]
+                if inside:
+                    out_y.append(interpolation.evaluate_at(y, r, [(s - t) / h for s in inside]))
+                if ends_here:
+                    out_y.append(y_new.unsqueeze(0))
+            if not opts.adaptive and not bool(torch.isfinite(out_y[-1]).all()):
+                # Fixed steps have no error test to catch a blow-up, so save points are checked.
+                retcode = ReturnCode.Unstable
+                del out_t[j0 - save_i :]
+                del out_y[saved_before:]
+                break
+        t, y, k1 = t_new, y_new, next_k1
+
+    if retcode is ReturnCode.Success and saves is not None:
+        assert save_i == len(saves), "every save point inside the span is reached"
+
+    if out_y:
+        ys = torch.cat(out_y)
+    else:
+        ys = y0.new_empty((0, layout.numel))
+    if opts.saveat_tensor is not None:
+        ts = opts.saveat_tensor[: len(out_t)]
+    else:
+        ts = torch.tensor(out_t, dtype=opts.time_dtype, device=device)
+    sol = Solution(
+        t=ts,
+        y=layout.unflatten_batch(ys),
+        stats=stats,
+        retcode=retcode,
+        prob=prob,
+        solver=solver,
+        dense=dense,
+    )
+    if throw and not retcode.successful:
+        raise SolveError(retcode, t, sol)
+    return sol
+
+
+def solve(
+    prob: ODEProblem,
+    solver: AbstractSolver,
+    *,
+    saveat: torch.Tensor | Sequence[float] | None = None,
+    dt: float | None = None,
+    adaptive: bool | None = None,
+    rtol: float = 1e-6,
+    atol: float = 1e-8,
+    internalnorm: Norm | None = None,
+    controller: PIController | None = None,
+    tstops: torch.Tensor | Sequence[float] | None = None,
+    dtmin: float | None = None,
+    dtmax: float | None = None,
+    max_steps: int = 100_000,
+    dense: bool | None = None,
+    time_dtype: torch.dtype | None = None,
+    sensealg: Any = None,
+    throw: bool = True,
+) -> Solution:
+    """Integrate `prob.f` over `prob.tspan` starting at `prob.y0`.
+
+    Args:
+        prob: the `ODEProblem`.
+        solver: the time-stepping method, e.g. `Tsit5()`.
+        saveat: times (1-D, strictly monotone in the direction of integration, inside tspan) at
+            which to return the solution, reached by dense interpolation rather than by shortening
+            steps. By default every step is saved.
+        dt: with an adaptive solver, the first step (chosen by Hairer's heuristic when omitted);
+            with `adaptive=False` or a solver without an error estimate, the fixed step.
+        adaptive: step adaptively (the default when the solver has an error estimate).
+        rtol, atol: the error test is internalnorm(err / (atol + rtol·max(|y_n|, |y_{n+1}|))) ≤ 1.
+        internalnorm: a norm on states (`pyode.rms_norm` by default, `pyode.max_norm`,
+            `pyode.mixed_norm`, a seminorm from `pyode.make_seminorm`, or any homogeneous callable).
+        controller: the step-size controller (`PIController()` by default).
+        tstops: times the steps must land on exactly (discontinuities of f).
+        dtmin: a rejected step below this size ends the solve with `DtLessThanMin`.
+        dtmax: the largest step allowed (the span by default).
+        max_steps: attempted steps (accepted plus rejected) before `MaxIters`.
+        dense: keep every step's interpolant so that `sol(t)` works anywhere in the span;
+            the default is True when `saveat` is omitted.
+        time_dtype: dtype of `sol.t` (float64 by default; float32 on devices without float64).
+            Steps are computed in float64 on the host either way; f receives t in y's dtype.
+        sensealg: how gradients flow back through the solve; `DirectAdjoint()` by default.
+            See `pyode/sensitivity/README.md` for when to choose which.
+        throw: raise `SolveError` on failure; if False, return the partial solution, whose
+            `retcode` says what went wrong.
+
+    Returns:
+        A `Solution` with `t`, `y`, `stats` and `retcode`.
+
+    Raises:
+        SolveError: the solve failed and `throw` is True.
+        ValueError, TypeError: bad input, named in the message.
+    """
+    from .sensitivity import AbstractSensitivityAlgorithm, DirectAdjoint
+
+    if sensealg is None:
+        sensealg = DirectAdjoint()
+    elif not isinstance(sensealg, AbstractSensitivityAlgorithm):
+        raise TypeError(f"sensealg must be a pyode sensitivity algorithm such as pyode.DirectAdjoint(); got {sensealg!r}")
+    opts = make_options(
+        prob,
+        solver,
+        saveat=saveat,
+        dt=dt,
+        adaptive=adaptive,
+        rtol=rtol,
+        atol=atol,
+        internalnorm=internalnorm,
+        controller=controller,
+        tstops=tstops,
+        dtmin=dtmin,
+        dtmax=dtmax,
+        max_steps=max_steps,
+        dense=dense,
+        time_dtype=time_dtype,
+    )
+    return sensealg.solve(prob, solver, opts, throw=throw)
+
+
+__all__ = ["solve", "integrate", "make_options", "SolveOptions", "StateLayout", "SolveError"]

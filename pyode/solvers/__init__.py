@@ -1,0 +1,13 @@
+"""Time-stepping methods: tableaus as data, one generic Runge–Kutta stepper."""
+
+from .base import AbstractSolver as AbstractSolver
+from .explicit import BS3 as BS3
+from .explicit import DP5 as DP5
+from .explicit import DP8 as DP8
+from .explicit import RK4 as RK4
+from .explicit import Euler as Euler
+from .explicit import Heun as Heun
+from .explicit import Midpoint as Midpoint
+from .explicit import Tsit5 as Tsit5
+from .runge_kutta import AbstractExplicitRK as AbstractExplicitRK
+from .tableau import ButcherTableau as ButcherTableau
