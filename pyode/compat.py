@@ -81,6 +81,10 @@ def odeint(
         raise ValueError(f"odeint: option(s) {unknown} are not supported for method {name!r}; supported: {sorted(allowed)}")
     if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.numel() < 1:
         raise ValueError("odeint: t must be a 1-D tensor of output times")
+    if t.numel() > 1:
+        steps = (t[1:] - t[:-1]).detach()
+        if not (bool((steps > 0).all()) or bool((steps < 0).all())):
+            raise ValueError(f"odeint: t must be strictly increasing or strictly decreasing; got {t.tolist()}")
 
     kwargs: dict[str, Any] = {"saveat": t, "dense": False, "rtol": rtol, "atol": atol}
     norm = options.get("norm")

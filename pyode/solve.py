@@ -127,6 +127,10 @@ def _times(values: Any, name: str, t0: float, t1: float, strict_inside: bool = F
     return floats, (tensor if tensor is not None and tensor.requires_grad else None)
 
 
+def _span(prob: ODEProblem) -> tuple[float, float]:
+    return tuple(float(t.detach()) if isinstance(t, torch.Tensor) else float(t) for t in prob.tspan)
+
+
 def _positive(value: Any, name: str, allow_zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number; got {type(value).__name__}")
@@ -159,7 +163,7 @@ def make_options(
         raise TypeError(f"prob must be a pyode.ODEProblem; got {type(prob).__name__}")
     if not isinstance(solver, AbstractSolver):
         raise TypeError(f"solver must be a pyode solver such as pyode.Tsit5(); got {solver!r}")
-    t0, t1 = (float(t) for t in prob.tspan)
+    t0, t1 = _span(prob)
     rtol = _positive(rtol, "rtol", allow_zero=True)
     atol = _positive(atol, "atol", allow_zero=True)
     if rtol == 0 and atol == 0:
@@ -221,7 +225,7 @@ def integrate(prob: ODEProblem, solver: AbstractSolver, opts: SolveOptions, thro
     layout = StateLayout(prob.y0)
     y0 = layout.flatten(prob.y0)
     dtype, device = y0.dtype, y0.device
-    t0, t1 = float(prob.tspan[0]), float(prob.tspan[1])
+    t0, t1 = _span(prob)
     direction = 1.0 if t1 >= t0 else -1.0
     stats = Stats()
     user_f = prob.f
@@ -251,7 +255,11 @@ def integrate(prob: ODEProblem, solver: AbstractSolver, opts: SolveOptions, thro
     else:
         while save_i < len(saves) and saves[save_i] == t0:
             out_t.append(t0)
-            out_y.append(y0.unsqueeze(0))
+            if opts.saveat_tensor is not None:
+                # The value is y0, but its derivative with respect to its save time is f(t0, y0).
+                out_y.append(torch.add(y0, k1 * (opts.saveat_tensor[save_i] - t0).to(dtype)).unsqueeze(0))
+            else:
+                out_y.append(y0.unsqueeze(0))
             save_i += 1
     dense = DenseOutput(t0, t1, layout.unflatten_batch, layout.unflatten, opts.time_dtype) if opts.dense else None
 
