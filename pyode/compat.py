@@ -78,7 +78,9 @@ def odeint(
     allowed = _FIXED_OPTIONS if fixed else _ADAPTIVE_OPTIONS
     unknown = sorted(set(options) - allowed)
     if unknown:
-        raise ValueError(f"odeint: option(s) {unknown} are not supported for method {name!r}; supported: {sorted(allowed)}")
+        raise ValueError(
+            f"odeint: option(s) {unknown} are not supported for method {name!r}; supported: {sorted(allowed)}"
+        )
     if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.numel() < 1:
         raise ValueError("odeint: t must be a 1-D tensor of output times")
     if t.numel() > 1:

@@ -99,7 +99,9 @@ def polynomial_coefficients(weights: torch.Tensor, stages: torch.Tensor, h: floa
     return torch.mm(weights, stages) * h
 
 
-def hermite_coefficients(y0: torch.Tensor, y1: torch.Tensor, f0: torch.Tensor, f1: torch.Tensor, h: float) -> torch.Tensor:
+def hermite_coefficients(
+    y0: torch.Tensor, y1: torch.Tensor, f0: torch.Tensor, f1: torch.Tensor, h: float
+) -> torch.Tensor:
     """r (3, n) of the cubic Hermite interpolant through (y0, f0) and (y1, f1); third order."""
     dy = y1 - y0
     hf0 = f0 * h
@@ -171,7 +173,12 @@ def _tsit5_interpolant() -> PolynomialInterpolant:
         return ["-" + r, 1]
 
     polys = [
-        _product(["-1.0530884977290216"], THETA, root("1.3299890189751412"), quadratic("1.4364028541716351", "0.7139816917074209")),
+        _product(
+            ["-1.0530884977290216"],
+            THETA,
+            root("1.3299890189751412"),
+            quadratic("1.4364028541716351", "0.7139816917074209"),
+        ),
         _product(["0.1017"], sq, quadratic("2.1966568338249754", "1.2949852507374631")),
         _product(["2.490627285651252793"], sq, quadratic("2.38535645472061657", "1.57803468208092486")),
         _product(["-16.54810288924490272"], root("1.21712927295533244"), root("0.61620406037800089"), sq),

@@ -175,7 +175,9 @@ class Solution:
         on dim 0). Needs `dense=True` in `solve` (the default when `saveat` is not given).
         """
         if self.dense is None:
-            raise ValueError("this Solution has no dense output; call solve(..., dense=True) to evaluate it between save points")
+            raise ValueError(
+                "this Solution has no dense output; call solve(..., dense=True) to evaluate it between save points"
+            )
         return self.dense(t)
 
     def __repr__(self) -> str:

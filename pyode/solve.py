@@ -93,14 +93,20 @@ class StateLayout:
             if not isinstance(o, torch.Tensor):
                 raise TypeError(f"{name} must be a tensor; got {type(o).__name__}")
             if o.shape != y.shape:
-                raise ValueError(f"{name} has shape {tuple(o.shape)}, but the state has shape {tuple(y.shape)}; f must return dy/dt shaped like y")
+                raise ValueError(
+                    f"{name} has shape {tuple(o.shape)}, but the state has shape {tuple(y.shape)}; f must return dy/dt shaped like y"
+                )
             if o.dtype != y.dtype:
-                raise TypeError(f"{name} has dtype {o.dtype}, but the state has dtype {y.dtype}; f must return dy/dt of y's dtype")
+                raise TypeError(
+                    f"{name} has dtype {o.dtype}, but the state has dtype {y.dtype}; f must return dy/dt of y's dtype"
+                )
             if o.device != y.device:
                 raise TypeError(f"{name} is on {o.device}, but the state is on {y.device}")
 
 
-def _times(values: Any, name: str, t0: float, t1: float, strict_inside: bool = False) -> tuple[tuple[float, ...], torch.Tensor | None]:
+def _times(
+    values: Any, name: str, t0: float, t1: float, strict_inside: bool = False
+) -> tuple[tuple[float, ...], torch.Tensor | None]:
     """Validate a sequence of times: 1-D, finite, strictly monotone in the direction of t0 → t1,
     and within the span. Returns them as floats, plus the tensor when it requires grad."""
     tensor = values if isinstance(values, torch.Tensor) else None
@@ -112,7 +118,9 @@ def _times(values: Any, name: str, t0: float, t1: float, strict_inside: bool = F
         try:
             floats = tuple(float(v) for v in values)
         except TypeError:
-            raise TypeError(f"{name} must be a 1-D tensor or a sequence of numbers; got {type(values).__name__}") from None
+            raise TypeError(
+                f"{name} must be a 1-D tensor or a sequence of numbers; got {type(values).__name__}"
+            ) from None
     direction = 1.0 if t1 >= t0 else -1.0
     word = "increasing" if direction > 0 else "decreasing (t1 < t0 integrates backward)"
     for i, v in enumerate(floats):
@@ -194,7 +202,19 @@ def make_options(
     else:
         dtmin = _positive(dtmin, "dtmin", allow_zero=True)
     saves, saves_tensor = (None, None) if saveat is None else _times(saveat, "saveat", t0, t1)
-    stops = () if tstops is None else _times(sorted(set(float(s) for s in (tstops.tolist() if isinstance(tstops, torch.Tensor) else tstops)), reverse=t1 < t0), "tstops", t0, t1)[0]
+    stops = (
+        ()
+        if tstops is None
+        else _times(
+            sorted(
+                set(float(s) for s in (tstops.tolist() if isinstance(tstops, torch.Tensor) else tstops)),
+                reverse=t1 < t0,
+            ),
+            "tstops",
+            t0,
+            t1,
+        )[0]
+    )
     if dense is None:
         dense = saveat is None
     if time_dtype is None:
@@ -309,7 +329,9 @@ def integrate(prob: ODEProblem, solver: AbstractSolver, opts: SolveOptions, thro
             if not ratio <= 1.0:  # also catches NaN
                 stats.nreject += 1
                 finite = math.isfinite(ratio)
-                factor = controller.factor(ratio, prev_ratio, gains, accepted=False) if finite else controller.factor_min
+                factor = (
+                    controller.factor(ratio, prev_ratio, gains, accepted=False) if finite else controller.factor_min
+                )
                 h_abs = abs(h) * factor
                 if h_abs < opts.dtmin:
                     retcode = ReturnCode.DtLessThanMin if finite else ReturnCode.Unstable
@@ -331,7 +353,11 @@ def integrate(prob: ODEProblem, solver: AbstractSolver, opts: SolveOptions, thro
         if saves is not None:
             while save_i < len(saves) and direction * (saves[save_i] - t_new) <= 0:
                 save_i += 1
-        interior = saves is not None and save_i > j0 and not (save_i - j0 == 1 and saves[j0] == t_new and opts.saveat_tensor is None)
+        interior = (
+            saves is not None
+            and save_i > j0
+            and not (save_i - j0 == 1 and saves[j0] == t_new and opts.saveat_tensor is None)
+        )
         if interior or dense is not None:
             f1 = next_k1
             if f1 is None and stepper.dense_needs_f1:
@@ -448,7 +474,9 @@ def solve(
     if sensealg is None:
         sensealg = DirectAdjoint()
     elif not isinstance(sensealg, AbstractSensitivityAlgorithm):
-        raise TypeError(f"sensealg must be a pyode sensitivity algorithm such as pyode.DirectAdjoint(); got {sensealg!r}")
+        raise TypeError(
+            f"sensealg must be a pyode sensitivity algorithm such as pyode.DirectAdjoint(); got {sensealg!r}"
+        )
     opts = make_options(
         prob,
         solver,
@@ -469,4 +497,4 @@ def solve(
     return sensealg.solve(prob, solver, opts, throw=throw)
 
 
-__all__ = ["solve", "integrate", "make_options", "SolveOptions", "StateLayout", "SolveError"]
+__all__ = ["SolveError", "SolveOptions", "StateLayout", "integrate", "make_options", "solve"]

@@ -35,7 +35,12 @@ def _oscillating_growth(t, y):
 
 
 OSCILLATING_GROWTH = Problem(
-    "oscillating_growth", _oscillating_growth, _oscillating_growth, (1.0,), (0.0, 3.0), lambda t: np.array([math.exp(math.sin(3 * t))])
+    "oscillating_growth",
+    _oscillating_growth,
+    _oscillating_growth,
+    (1.0,),
+    (0.0, 3.0),
+    lambda t: np.array([math.exp(math.sin(3 * t))]),
 )
 
 RICCATI = Problem("riccati", _riccati, _riccati, (1.0,), (0.0, 2.0), lambda t: np.array([1 / (1 + t * t)]))
@@ -100,6 +105,8 @@ def reference(problem: Problem, ts: np.ndarray) -> np.ndarray:
 def _scipy_reference(problem: Problem, ts: tuple[float, ...]) -> np.ndarray:
     from scipy.integrate import solve_ivp
 
-    sol = solve_ivp(problem.f_np, problem.tspan, np.array(problem.y0), method="DOP853", t_eval=np.array(ts), rtol=1e-13, atol=1e-13)
+    sol = solve_ivp(
+        problem.f_np, problem.tspan, np.array(problem.y0), method="DOP853", t_eval=np.array(ts), rtol=1e-13, atol=1e-13
+    )
     assert sol.success
     return sol.y.T

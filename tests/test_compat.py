@@ -17,7 +17,16 @@ def _y0():
     return torch.tensor(VAN_DER_POL.y0, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("method, solver", [("dopri5", pyode.DP5()), ("dopri8", pyode.DP8()), ("bosh3", pyode.BS3()), ("tsit5", pyode.Tsit5()), ("adaptive_heun", pyode.Heun())])
+@pytest.mark.parametrize(
+    "method, solver",
+    [
+        ("dopri5", pyode.DP5()),
+        ("dopri8", pyode.DP8()),
+        ("bosh3", pyode.BS3()),
+        ("tsit5", pyode.Tsit5()),
+        ("adaptive_heun", pyode.Heun()),
+    ],
+)
 def test_odeint_is_solve(method, solver):
     ts = torch.linspace(0, 10, 11, dtype=torch.float64)
     ys = pyode.odeint(VAN_DER_POL.f, _y0(), ts, rtol=1e-5, atol=1e-7, method=method)
@@ -106,7 +115,9 @@ def test_options_are_translated():
     calls.clear()
     pyode.odeint(f, y0, ts, method="tsit5", options=dict(step_t=[2.5]))
     assert 2.5 in calls  # a step ends on 2.5, and the next starts there
-    pyode.odeint(f, y0, ts, options=dict(norm=pyode.max_norm, dtype=torch.float32, safety=0.8, ifactor=5.0, dfactor=0.1))
+    pyode.odeint(
+        f, y0, ts, options=dict(norm=pyode.max_norm, dtype=torch.float32, safety=0.8, ifactor=5.0, dfactor=0.1)
+    )
 
 
 def test_single_output_time():

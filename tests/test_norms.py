@@ -61,12 +61,16 @@ def test_seminorm_drives_a_solve():
     # A tuple state whose second component is an integral of the first: with the seminorm the
     # step control ignores it and takes no more steps than the first component alone needs.
     def f(t, y):
-        x, integral = y
+        x, _integral = y
         return -x, x.sum(0, keepdim=True) * 1e3
 
     y0 = (torch.ones(3, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
-    full = pyode.solve(pyode.ODEProblem(f, y0, (0.0, 5.0)), pyode.Tsit5(), internalnorm=pyode.mixed_norm, rtol=1e-8, atol=1e-8)
-    semi = pyode.solve(pyode.ODEProblem(f, y0, (0.0, 5.0)), pyode.Tsit5(), internalnorm=pyode.make_seminorm(1), rtol=1e-8, atol=1e-8)
+    full = pyode.solve(
+        pyode.ODEProblem(f, y0, (0.0, 5.0)), pyode.Tsit5(), internalnorm=pyode.mixed_norm, rtol=1e-8, atol=1e-8
+    )
+    semi = pyode.solve(
+        pyode.ODEProblem(f, y0, (0.0, 5.0)), pyode.Tsit5(), internalnorm=pyode.make_seminorm(1), rtol=1e-8, atol=1e-8
+    )
     alone = pyode.solve(pyode.ODEProblem(lambda t, x: -x, y0[0], (0.0, 5.0)), pyode.Tsit5(), rtol=1e-8, atol=1e-8)
     assert semi.stats.naccept == alone.stats.naccept
     assert semi.stats.nfe < full.stats.nfe

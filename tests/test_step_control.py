@@ -74,7 +74,12 @@ def test_controller_formula():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [(dict(safety=1.5), "safety"), (dict(factor_min=0.0), "factor_min"), (dict(factor_max=1.0), "factor_max"), (dict(beta1=-1), "beta1")],
+    [
+        (dict(safety=1.5), "safety"),
+        (dict(factor_min=0.0), "factor_min"),
+        (dict(factor_max=1.0), "factor_max"),
+        (dict(beta1=-1), "beta1"),
+    ],
 )
 def test_controller_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -107,18 +112,18 @@ def test_loop_rejects_and_retries_smaller():
 def test_loop_lands_on_the_end_with_a_stretched_step():
     # 0.5, then the controller proposes 0.9 (× 1.8), which would overshoot: cut to 0.5 exactly.
     controller = PIController(beta1=0.5, beta2=0.0)
-    sol, log = _run([0.25] * 10, dt=0.5, controller=controller)
+    _, log = _run([0.25] * 10, dt=0.5, controller=controller)
     assert [h for _, h, _ in log] == pytest.approx([0.5, 0.5])
     # A step just short of the end (within 1%) is stretched onto it instead of leaving a sliver.
-    sol, log = _run([0.25] * 10, dt=0.499, controller=PIController(beta1=0.0, beta2=0.0, safety=1.0))
+    _, log = _run([0.25] * 10, dt=0.499, controller=PIController(beta1=0.0, beta2=0.0, safety=1.0))
     assert [h for _, h, _ in log] == pytest.approx([0.499, 0.501])
     # Beyond 1% it is not: 0.495 then 0.495 and a last step of 0.01.
-    sol, log = _run([0.25] * 10, dt=0.495, controller=PIController(beta1=0.0, beta2=0.0, safety=1.0))
+    _sol, log = _run([0.25] * 10, dt=0.495, controller=PIController(beta1=0.0, beta2=0.0, safety=1.0))
     assert [h for _, h, _ in log] == pytest.approx([0.495, 0.495, 0.01])
 
 
 def test_max_steps_counts_rejections():
-    sol, log = _run([2.0] * 10, dt=0.1, max_steps=3, throw=False)
+    sol, _log = _run([2.0] * 10, dt=0.1, max_steps=3, throw=False)
     assert sol.retcode is pyode.ReturnCode.MaxIters
     assert (sol.stats.naccept, sol.stats.nreject) == (0, 3)
 

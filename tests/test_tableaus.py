@@ -135,7 +135,10 @@ def test_interpolant_conditions(solver, order, _, dense_order):
     a = _extended_a(solver)
     # At θ = 1 the interpolant is the step itself.
     at_one = interp.at(Fraction(1))
-    assert all(abs(x - (solver.tableau.b[j] if j < solver.tableau.stages else 0)) < Fraction(1, 10**13) for j, x in enumerate(at_one))
+    assert all(
+        abs(x - (solver.tableau.b[j] if j < solver.tableau.stages else 0)) < Fraction(1, 10**13)
+        for j, x in enumerate(at_one)
+    )
     # Continuous order conditions: Σ_j b_j(θ) Φ_j(t) = θ^|t| / γ(t) for |t| ≤ dense order.
     tol = Fraction(1, 10**12)
     for theta in (Fraction(1, 7), Fraction(1, 2), Fraction(5, 6)):

@@ -53,7 +53,9 @@ class DirectAdjoint(AbstractSensitivityAlgorithm):
             last = _map(lambda y: y[-1], sol.y)
             f1 = _derivative(prob, t1, last)
             sol.stats.nfe += 1
-            sol.y = _map(lambda ys, y, f: torch.cat((ys[:-1], _TimeShift.apply(y, t1, f, 1.0).unsqueeze(0))), sol.y, last, f1)
+            sol.y = _map(
+                lambda ys, y, f: torch.cat((ys[:-1], _TimeShift.apply(y, t1, f, 1.0).unsqueeze(0))), sol.y, last, f1
+            )
         return sol
 
 

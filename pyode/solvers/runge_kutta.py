@@ -41,12 +41,8 @@ class RKStepper(AbstractStepper):
         self.tableau = solver.tableau.cast(dtype, device)
         self.fsal = solver.tableau.fsal
         self.stages = solver.tableau.stages
-        self.interpolant_weights = (
-            solver.interpolant.cast(dtype, device) if solver.interpolant is not None else None
-        )
-        self.dense_stages = tuple(
-            (c, torch.tensor(row, dtype=dtype).to(device)) for c, row in solver.dense_stages
-        )
+        self.interpolant_weights = solver.interpolant.cast(dtype, device) if solver.interpolant is not None else None
+        self.dense_stages = tuple((c, torch.tensor(row, dtype=dtype).to(device)) for c, row in solver.dense_stages)
 
     def step(self, t: float, y: torch.Tensor, h: float, k1: torch.Tensor) -> Step:
         tab = self.tableau
@@ -93,4 +89,3 @@ class RKStepper(AbstractStepper):
                 yj = torch.addmv(step.y0, stages[:j].T, row, alpha=step.h)
                 stages[j] = self.f(step.t + c * step.h, yj)
         return interpolation.polynomial_coefficients(self.interpolant_weights, stages, step.h)
-

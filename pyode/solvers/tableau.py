@@ -16,7 +16,6 @@ from .._exact import exact as _exact
 _DECIMAL_TOLERANCE = Fraction(1, 10**14)
 
 
-
 def _close(x: Fraction, y: Fraction) -> bool:
     return abs(x - y) <= _DECIMAL_TOLERANCE
 
@@ -105,9 +104,9 @@ class ButcherTableau:
             s = self.stages
             # Row i padded to all s stages: a stage combination is then one matrix-vector product
             # over the whole (zero-initialised) stage buffer, with no slicing per stage.
-            a_full = torch.tensor(
-                [[float(x) for x in row] + [0.0] * (s - len(row)) for row in self.a], dtype=dtype
-            ).to(device)
+            a_full = torch.tensor([[float(x) for x in row] + [0.0] * (s - len(row)) for row in self.a], dtype=dtype).to(
+                device
+            )
             cast = CastTableau(
                 c=tuple(float(x) for x in self.c),
                 a_rows=tuple(a_full[i] for i in range(s)),

@@ -33,7 +33,9 @@ def test_gq_paper_problem(T):
     """Norcliffe & Deisenroth's test: z0 = 10, a = 0.2, L = z(T)²; z(T) = z0 e^{aT} ~ 5e3."""
     a = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
     z0 = torch.tensor([10.0], dtype=torch.float64, requires_grad=True)
-    sol = pyode.solve(pyode.ODEProblem(lambda t, z: a * z, z0, (0.0, T)), pyode.Tsit5(), saveat=[T], rtol=1e-10, atol=1e-10)
+    sol = pyode.solve(
+        pyode.ODEProblem(lambda t, z: a * z, z0, (0.0, T)), pyode.Tsit5(), saveat=[T], rtol=1e-10, atol=1e-10
+    )
     (sol.y[-1] ** 2).sum().backward()
     e = math.exp(2 * 0.2 * T)
     assert a.grad.item() == pytest.approx(2 * T * 100 * e, rel=1e-6)
@@ -94,7 +96,9 @@ def test_gradcheck_fixed_steps(solver):
 
     y0 = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
     w = W.clone().requires_grad_()
-    ts = torch.tensor([0.1, 0.33, 0.71, 0.95], dtype=torch.float64, requires_grad=True)  # inside the span, so finite differences stay in it
+    ts = torch.tensor(
+        [0.1, 0.33, 0.71, 0.95], dtype=torch.float64, requires_grad=True
+    )  # inside the span, so finite differences stay in it
     assert torch.autograd.gradcheck(run, (y0, w, ts))
 
 
@@ -117,7 +121,9 @@ def test_tuple_state_gradients():
 def test_float32_gradients():
     a = torch.tensor([0.3], dtype=torch.float32, requires_grad=True)
     z0 = torch.tensor([1.0], dtype=torch.float32)
-    sol = pyode.solve(pyode.ODEProblem(lambda t, z: a * z, z0, (0.0, 2.0)), pyode.Tsit5(), saveat=[2.0], rtol=1e-6, atol=1e-7)
+    sol = pyode.solve(
+        pyode.ODEProblem(lambda t, z: a * z, z0, (0.0, 2.0)), pyode.Tsit5(), saveat=[2.0], rtol=1e-6, atol=1e-7
+    )
     sol.y[-1].sum().backward()
     # float32 round-off (1e-7 per operation over ~20 steps) and the 1e-6 tolerance bound it.
     assert a.grad.item() == pytest.approx(2 * math.exp(0.6), rel=1e-4)
@@ -128,7 +134,11 @@ def test_error_estimate_is_not_recorded():
     # The controller is not differentiated: a backward pass reaches f's parameters only through
     # the stages, and the graph holds no error-norm nodes (their memory would grow per step).
     a = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
-    sol = pyode.solve(pyode.ODEProblem(lambda t, z: a * z, torch.ones(1, dtype=torch.float64), (0.0, 1.0)), pyode.Tsit5(), saveat=[1.0])
+    sol = pyode.solve(
+        pyode.ODEProblem(lambda t, z: a * z, torch.ones(1, dtype=torch.float64), (0.0, 1.0)),
+        pyode.Tsit5(),
+        saveat=[1.0],
+    )
     names = set()
     stack = [sol.y.grad_fn]
     while stack:
