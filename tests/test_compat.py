@@ -72,16 +72,25 @@ def test_step_size_option():
 
 
 def test_gradients_agree_with_torchdiffeq():
+    torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)).double()
     y0 = torch.randn(4, 2, dtype=torch.float64)
     ts = torch.linspace(0, 1, 5, dtype=torch.float64)
-    grads = []
-    for odeint in (pyode.odeint, torchdiffeq.odeint):
+
+    def gradients(odeint, **kwargs):
         net.zero_grad()
-        odeint(lambda t, y: net(y), y0, ts, rtol=1e-10, atol=1e-12).pow(2).sum().backward()
-        grads.append([p.grad.clone() for p in net.parameters()])
-    for ours, theirs in zip(*grads):
-        torch.testing.assert_close(ours, theirs, rtol=1e-7, atol=1e-9)
+        odeint(lambda t, y: net(y), y0, ts, **kwargs).pow(2).sum().backward()
+        return torch.cat([p.grad.reshape(-1) for p in net.parameters()])
+
+    exact = gradients(pyode.odeint, rtol=1e-13, atol=1e-15, method="dopri8")
+    ours = gradients(pyode.odeint, rtol=1e-10, atol=1e-12)
+    theirs = gradients(torchdiffeq.odeint, rtol=1e-10, atol=1e-12)
+    # Each is the exact gradient of its own discrete solve (different step sequences), so each is
+    # within about rtol x amplification of the true gradient; ours must be as close as theirs.
+    scale = exact.abs().max()
+    # Seen over five seeds: ours 3e-11 to 1.2e-10, torchdiffeq's 7e-11 to 1.1e-9.
+    assert (ours - exact).abs().max() / scale < 1e-8
+    assert (theirs - exact).abs().max() / scale < 1e-8
 
 
 def test_tuple_states_and_backward_time():
