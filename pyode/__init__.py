@@ -1,6 +1,7 @@
 """pyode: fast training of neural differential equations in PyTorch."""
 
 from .compat import odeint as odeint
+from .compat import odeint_adjoint as odeint_adjoint
 from .norms import make_seminorm as make_seminorm
 from .norms import max_norm as max_norm
 from .norms import mixed_norm as mixed_norm
@@ -10,7 +11,11 @@ from .problem import ReturnCode as ReturnCode
 from .problem import Solution as Solution
 from .problem import SolveError as SolveError
 from .problem import Stats as Stats
+from .sensitivity import BacksolveAdjoint as BacksolveAdjoint
 from .sensitivity import DirectAdjoint as DirectAdjoint
+from .sensitivity import GaussAdjoint as GaussAdjoint
+from .sensitivity import InterpolatingAdjoint as InterpolatingAdjoint
+from .sensitivity import QuadratureAdjoint as QuadratureAdjoint
 from .solve import solve as solve
 from .solvers import BS3 as BS3
 from .solvers import DP5 as DP5

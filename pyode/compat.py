@@ -17,6 +17,7 @@ import torch
 
 from .norms import mixed_norm
 from .problem import ODEProblem, State
+from .sensitivity import BacksolveAdjoint
 from .solve import solve
 from .solvers import BS3, DP5, DP8, RK4, Euler, Heun, Midpoint, Tsit5
 from .solvers.base import AbstractSolver
@@ -69,24 +70,105 @@ def odeint(
     """
     if event_fn is not None:
         raise ValueError("odeint: event_fn is not supported by pyode yet")
-    name = "dopri5" if method is None else method
-    if name not in METHODS:
-        raise ValueError(f"odeint: unknown method {method!r}; pyode has {sorted(METHODS)}")
-    solver = METHODS[name]
-    fixed = name in FIXED_GRID
+    _check_t(t, "odeint")
+    solver, kwargs = _translate(y0, t, rtol, atol, method, options, "odeint")
+    if t.numel() == 1:
+        return _initial_only(y0)
+    return solve(ODEProblem(func, y0, (t[0], t[-1])), solver, **kwargs).y
+
+
+def odeint_adjoint(
+    func: Callable[[torch.Tensor, State], State],
+    y0: State,
+    t: torch.Tensor,
+    *,
+    rtol: float = 1e-7,
+    atol: float = 1e-9,
+    method: str | None = None,
+    options: dict[str, Any] | None = None,
+    event_fn: Any = None,
+    adjoint_rtol: float | None = None,
+    adjoint_atol: float | None = None,
+    adjoint_method: str | None = None,
+    adjoint_options: dict[str, Any] | None = None,
+    adjoint_params: Any = None,
+) -> State:
+    """torchdiffeq's `odeint_adjoint`: the forward solve of `odeint`, gradients by the continuous
+    adjoint (pyode's `BacksolveAdjoint`), memory independent of the number of steps.
+
+    Args:
+        adjoint_rtol, adjoint_atol, adjoint_method: the backward solve's (default: the forward's).
+        adjoint_options: options of the backward solve; `norm="seminorm"` selects the seminorm
+            (step control ignores the parameter adjoint; pyode's seminorm also has no a_t
+            channel to keep, as time gradients come from flow identities), and a callable `norm`
+            is used as is.
+        adjoint_params: the tensors to differentiate with respect to; by default
+            `func.parameters()`, which needs `func` to be an `nn.Module`.
+    """
+    if event_fn is not None:
+        raise ValueError("odeint_adjoint: event_fn is not supported by pyode yet")
+    if adjoint_params is None:
+        if not isinstance(func, torch.nn.Module):
+            raise ValueError(
+                "odeint_adjoint: func must be an nn.Module so that its parameters can be found; "
+                "otherwise pass them as adjoint_params=(...)"
+            )
+        adjoint_params = tuple(func.parameters())
+    _check_t(t, "odeint_adjoint")
+    solver, kwargs = _translate(y0, t, rtol, atol, method, options, "odeint_adjoint")
+    adjoint_options = dict(adjoint_options or {})
+    norm = adjoint_options.pop("norm", None)
+    seminorm = norm == "seminorm"
+    if isinstance(norm, str) and not seminorm:
+        raise ValueError(f"odeint_adjoint: adjoint_options norm must be 'seminorm' or a callable; got {norm!r}")
+    unknown = sorted(set(adjoint_options))
+    if unknown:
+        raise ValueError(f"odeint_adjoint: adjoint_options {unknown} are not supported; supported: ['norm']")
+    backward_solver = None
+    if adjoint_method is not None:
+        if adjoint_method not in METHODS:
+            raise ValueError(f"odeint_adjoint: unknown adjoint_method {adjoint_method!r}; pyode has {sorted(METHODS)}")
+        backward_solver = METHODS[adjoint_method]
+    kwargs["sensealg"] = BacksolveAdjoint(
+        seminorm=seminorm,
+        internalnorm=norm if callable(norm) else None,
+        solver=backward_solver,
+        rtol=adjoint_rtol,
+        atol=adjoint_atol,
+    )
+    if t.numel() == 1:
+        return _initial_only(y0)
+    return solve(ODEProblem(func, y0, (t[0], t[-1]), params=tuple(adjoint_params)), solver, **kwargs).y
+
+
+def _check_t(t: Any, name: str) -> None:
+    if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.numel() < 1:
+        raise ValueError(f"{name}: t must be a 1-D tensor of output times")
+    if t.numel() > 1:
+        steps = (t[1:] - t[:-1]).detach()
+        if not (bool((steps > 0).all()) or bool((steps < 0).all())):
+            raise ValueError(f"{name}: t must be strictly increasing or strictly decreasing; got {t.tolist()}")
+
+
+def _initial_only(y0: State) -> State:
+    """A single output time is the initial state; nothing to integrate."""
+    return tuple(y.unsqueeze(0) for y in y0) if isinstance(y0, tuple) else y0.unsqueeze(0)
+
+
+def _translate(y0, t, rtol, atol, method, options, name) -> tuple[AbstractSolver, dict[str, Any]]:
+    """torchdiffeq's method name and options as a pyode solver and `solve` keywords."""
+    method_name = "dopri5" if method is None else method
+    if method_name not in METHODS:
+        raise ValueError(f"{name}: unknown method {method!r}; pyode has {sorted(METHODS)}")
+    solver = METHODS[method_name]
+    fixed = method_name in FIXED_GRID
     options = dict(options or {})
     allowed = _FIXED_OPTIONS if fixed else _ADAPTIVE_OPTIONS
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ValueError(
-            f"odeint: option(s) {unknown} are not supported for method {name!r}; supported: {sorted(allowed)}"
+            f"{name}: option(s) {unknown} are not supported for method {method_name!r}; supported: {sorted(allowed)}"
         )
-    if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.numel() < 1:
-        raise ValueError("odeint: t must be a 1-D tensor of output times")
-    if t.numel() > 1:
-        steps = (t[1:] - t[:-1]).detach()
-        if not (bool((steps > 0).all()) or bool((steps < 0).all())):
-            raise ValueError(f"odeint: t must be strictly increasing or strictly decreasing; got {t.tolist()}")
 
     kwargs: dict[str, Any] = {"saveat": t, "dense": False, "rtol": rtol, "atol": atol}
     norm = options.get("norm")
@@ -97,7 +179,7 @@ def odeint(
         kwargs["max_steps"] = options["max_num_steps"]
     if fixed:
         if options.get("interp", "cubic") != "cubic":
-            raise ValueError("odeint: pyode interpolates fixed grids with cubic Hermite only (interp='cubic')")
+            raise ValueError(f"{name}: pyode interpolates fixed grids with cubic Hermite only (interp='cubic')")
         kwargs["adaptive"] = False
         step_size = options.get("step_size")
         if step_size is not None:
@@ -118,9 +200,4 @@ def odeint(
             kwargs["controller"] = PIController(**controller)
         if options.get("step_t") is not None:
             kwargs["tstops"] = options["step_t"]
-
-    if t.numel() == 1:
-        # A single output time is the initial state; nothing to integrate.
-        return tuple(y.unsqueeze(0) for y in y0) if isinstance(y0, tuple) else y0.unsqueeze(0)
-    prob = ODEProblem(func, y0, (t[0], t[-1]))
-    return solve(prob, solver, **kwargs).y
+    return solver, kwargs

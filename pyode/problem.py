@@ -57,11 +57,20 @@ class SolveError(RuntimeError):
 
 @dataclass
 class Stats:
-    """Work done by one solve: evaluations of f, and accepted and rejected steps."""
+    """Work done by one solve: evaluations of f, accepted and rejected steps, and (for the
+    quadrature adjoints' backward pass) the quadrature nodes at which a_z·∂f/∂θ was evaluated."""
 
     nfe: int = 0
     naccept: int = 0
     nreject: int = 0
+    nquad: int = 0
+
+    def __iadd__(self, other: Stats) -> Stats:
+        self.nfe += other.nfe
+        self.naccept += other.naccept
+        self.nreject += other.nreject
+        self.nquad += other.nquad
+        return self
 
 
 def _as_time(value: TimeLike, name: str) -> TimeLike:
@@ -157,6 +166,7 @@ class Solution:
             methods (None for `DirectAdjoint`, whose backward is autograd's).
         retcode: a `ReturnCode`.
         prob, solver: what was solved, and how.
+        dt_next: the step size the controller proposed after the last step (to continue a solve).
     """
 
     t: torch.Tensor
@@ -167,6 +177,7 @@ class Solution:
     solver: Any
     adjoint_stats: Stats | None = None
     dense: DenseOutput | None = None
+    dt_next: float | None = None
 
     def __call__(self, t: TimeLike) -> State:
         """The solution at any time(s) in the span by dense interpolation.

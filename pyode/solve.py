@@ -63,6 +63,12 @@ class StateLayout:
             return tuple(p.view(s) for p, s in zip(flat.split(self.sizes), self.shapes))
         return flat.view(self.shapes[0])
 
+    def flatten_batch(self, ys: State) -> torch.Tensor:
+        """(T, *shape), or a tuple of those, -> (T, n)."""
+        if self.is_tuple:
+            return torch.cat([p.reshape(p.shape[0], -1) for p in ys], dim=1)
+        return ys.reshape(ys.shape[0], -1)
+
     def unflatten_batch(self, flat: torch.Tensor) -> State:
         """(T, n) -> (T, *shape), or a tuple of those."""
         T = flat.shape[0]
@@ -240,8 +246,17 @@ def make_options(
     )
 
 
-def integrate(prob: ODEProblem, solver: AbstractSolver, opts: SolveOptions, throw: bool = True) -> Solution:
-    """Run the forward loop; autograd records it unless the caller disabled grad."""
+StepHook = Callable[[float, float, torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+def integrate(
+    prob: ODEProblem, solver: AbstractSolver, opts: SolveOptions, throw: bool = True, on_step: StepHook | None = None
+) -> Solution:
+    """Run the forward loop; autograd records it unless the caller disabled grad.
+
+    `on_step(t, h, y_n, y_n+1, r)` is called after every accepted step with the step's dense
+    coefficients r (see `interpolation.py`): the step record that quadrature adjoints read.
+    """
     layout = StateLayout(prob.y0)
     y0 = layout.flatten(prob.y0)
     dtype, device = y0.dtype, y0.device
@@ -358,13 +373,15 @@ def integrate(prob: ODEProblem, solver: AbstractSolver, opts: SolveOptions, thro
             and save_i > j0
             and not (save_i - j0 == 1 and saves[j0] == t_new and opts.saveat_tensor is None)
         )
-        if interior or dense is not None:
+        if interior or dense is not None or on_step is not None:
             f1 = next_k1
             if f1 is None and stepper.dense_needs_f1:
                 f1 = f(t_new, y_new)
             r = stepper.dense(step, f1)
             if dense is not None:
                 dense.append(t, h, y, r)
+            if on_step is not None:
+                on_step(t, h, y, y_new, r)
         if saves is None:
             out_t.append(t_new)
             out_y.append(y_new.unsqueeze(0))
@@ -408,6 +425,7 @@ def integrate(prob: ODEProblem, solver: AbstractSolver, opts: SolveOptions, thro
         prob=prob,
         solver=solver,
         dense=dense,
+        dt_next=h_abs,
     )
     if throw and not retcode.successful:
         raise SolveError(retcode, t, sol)

@@ -24,4 +24,9 @@ class AbstractSensitivityAlgorithm(abc.ABC):
         """Solve `prob`, arranging for gradients to reach y0, the params and the times."""
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        # Only the fields that differ from their defaults: `BacksolveAdjoint(seminorm=False)`.
+        import dataclasses
+
+        fields = dataclasses.fields(self) if dataclasses.is_dataclass(self) else ()
+        shown = [f"{f.name}={getattr(self, f.name)!r}" for f in fields if getattr(self, f.name) != f.default]
+        return f"{type(self).__name__}({', '.join(shown)})"

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ..solvers.base import AbstractSolver
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class DirectAdjoint(AbstractSensitivityAlgorithm):
     """Backpropagate through the solver's own arithmetic, as autograd records it.
 

@@ -1,0 +1,68 @@
+"""GaussAdjoint: SciMLSensitivity-style quadrature on every backward step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..problem import Stats
+from .glue import AbstractAdjoint, AdjointGradients, ForwardRecord, VectorField, adjoint_norm, solve_backward
+from .quadrature import QuadratureAccumulator, gauss_legendre
+
+
+@dataclass(frozen=True, repr=False)
+class GaussAdjoint(AbstractAdjoint):
+    """Like SciMLSensitivity's GaussAdjoint: solve [z, a] backward adaptively, and after every
+    accepted backward step add ∫ a·∂f/∂θ dt over that step by Gauss–Legendre quadrature at
+    nodes read from the step's dense output, so no parameter channel enters the ODE.
+
+    SciMLSensitivity uses floor((p + 1)/2) nodes per step for a method of order p (3 for DP5
+    and Tsit5): the rule is then exact to degree p on the interpolated integrand.
+
+    - Memory: O(state + params), independent of the number of steps.
+    - Backward cost: a solve of 2·state channels plus `nodes` parameter VJPs per accepted step.
+    - Accuracy: the backward tolerance governs the quadrature too (the nodes follow its steps).
+    - Times and solvers: as BacksolveAdjoint.
+
+    Args:
+        nodes: nodes per step; by default floor((order + 1)/2) of the backward solver.
+    """
+
+    nodes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.nodes is not None and (not isinstance(self.nodes, int) or self.nodes < 1):
+            raise ValueError(f"GaussAdjoint: nodes must be a positive integer; got {self.nodes}")
+
+    def backward_sweep(
+        self, record: ForwardRecord, grad_ys: torch.Tensor, vf: VectorField, stats: Stats
+    ) -> AdjointGradients:
+        norm = adjoint_norm(self, n_groups=2, keep=2)
+        n = record.layout.numel
+        solver = self.solver or record.solver
+        x, w = gauss_legendre(self.nodes or max(1, (solver.order + 1) // 2))
+
+        def augmented(t: float, state: tuple) -> tuple:
+            z, a = state
+            fz, vjp_z, _ = vf.vjp(t, z, -a)
+            return fz, vjp_z
+
+        ts, ys = record.ts, record.ys
+        quad = QuadratureAccumulator(vf, n, stats, ys[0])
+
+        def on_step(t, h, s0, s1, r):
+            # ∫_{t0}^{t1} is minus the sum over backward steps of ∫_t^{t+h}: weights -h/2 · w_i.
+            quad.add(s0, r, t, h, [t + h * (1 + xi) / 2 for xi in x], [-h / 2 * wi for wi in w])
+
+        a = torch.zeros_like(ys[0])
+        dt = None
+        for k in range(len(ts) - 1, -1, -1):
+            a = a + grad_ys[k]
+            t_to = ts[k - 1] if k > 0 else record.t0
+            if t_to == ts[k]:
+                continue
+            (_, a), dt = solve_backward(
+                self, record, augmented, (ys[k], a), ts[k], t_to, dt, norm, stats, on_step=on_step
+            )
+        return AdjointGradients(y0=a, params=quad.total, a_t0=a)

@@ -1,0 +1,285 @@
+"""The glue every adjoint method shares: one `torch.autograd.Function` around the forward loop,
+the vector-Jacobian products of f, and the bookkeeping of jumps and time gradients.
+
+An adjoint method subclasses `AbstractAdjoint` and implements `backward_sweep`: given the
+forward record and dL/dy at each save point, return dL/dy0 and dL/dθ, integrating the adjoint
+system with the same loop (`pyode.solve.integrate`) as the forward solve.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple, Sequence
+
+import torch
+
+from ..norms import Norm, make_seminorm, mixed_norm
+from ..problem import ODEProblem, Solution, Stats
+from ..solve import SolveOptions, StateLayout, integrate, make_options
+from ..solvers.base import AbstractSolver
+from .base import AbstractSensitivityAlgorithm
+
+
+class ForwardRecord(NamedTuple):
+    """What the forward solve leaves for the backward pass."""
+
+    prob: ODEProblem
+    solver: AbstractSolver
+    opts: SolveOptions
+    layout: StateLayout
+    params: tuple[torch.Tensor, ...]  # the parameters gradients are taken for (requires_grad)
+    t0: float
+    ts: tuple[float, ...]  # save times reached
+    ys: torch.Tensor  # (T, n) states at the save times, detached
+    solution: Solution
+
+
+class AdjointGradients(NamedTuple):
+    """What a backward sweep returns."""
+
+    y0: torch.Tensor  # dL/dy0, flat (n,)
+    params: torch.Tensor  # dL/dθ, flat (P,)
+    a_t0: torch.Tensor  # the adjoint a(t0) after every jump, for dL/dt0 = -a(t0)·f(t0, y0)
+
+
+class VectorField:
+    """f on flat states with its vector-Jacobian products, counting evaluations."""
+
+    def __init__(self, prob: ODEProblem, layout: StateLayout, params: tuple[torch.Tensor, ...], stats: Stats):
+        self.f = prob.f
+        self.layout = layout
+        self.params = params
+        self.sizes = [p.numel() for p in params]
+        self.stats = stats
+
+    def time(self, t: float, like: torch.Tensor) -> torch.Tensor:
+        return torch.scalar_tensor(t, dtype=like.dtype, device=like.device)
+
+    def __call__(self, t: float, y: torch.Tensor) -> torch.Tensor:
+        self.stats.nfe += 1
+        with torch.no_grad():
+            return self.layout.flatten(self.f(self.time(t, y), self.layout.unflatten(y)))
+
+    def vjp(
+        self, t: float, y: torch.Tensor, cotangent: torch.Tensor, wrt_y: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(f(t, y), cotangent·∂f/∂y (or None), cotangent·∂f/∂θ flat): one evaluation of f and
+        one backward pass through it."""
+        self.stats.nfe += 1
+        with torch.enable_grad():
+            y_ = y.detach().requires_grad_(wrt_y)
+            out = self.layout.flatten(self.f(self.time(t, y), self.layout.unflatten(y_)))
+            inputs = ((y_,) if wrt_y else ()) + self.params
+            if not inputs or not out.requires_grad:
+                grads: Sequence[torch.Tensor | None] = [None] * len(inputs)
+            else:
+                grads = torch.autograd.grad(out, inputs, cotangent, allow_unused=True)
+        grad_y = None
+        if wrt_y:
+            grad_y = grads[0] if grads[0] is not None else torch.zeros_like(y)
+            grads = grads[1:]
+        return out.detach(), grad_y, self._flat_params(grads, y)
+
+    def _flat_params(self, grads: Sequence[torch.Tensor | None], like: torch.Tensor) -> torch.Tensor:
+        if not self.params:
+            return like.new_zeros(0)
+        return torch.cat(
+            [
+                (g if g is not None else torch.zeros_like(p)).reshape(-1).to(like.dtype)
+                for g, p in zip(grads, self.params)
+            ]
+        )
+
+    def check_closure(self, t: float, y: torch.Tensor) -> None:
+        """Fail clearly if f uses tensors that require grad but are not in `params`: the adjoint
+        would silently give them no gradient. Walks the graph of one evaluation of f."""
+        self.stats.nfe += 1
+        with torch.enable_grad():
+            y_ = y.detach().requires_grad_(True)
+            out = self.layout.flatten(self.f(self.time(t, y), self.layout.unflatten(y_)))
+        known = {id(p) for p in self.params} | {id(y_)}
+        missing = []
+        seen = set()
+        stack = [out.grad_fn]
+        while stack:
+            node = stack.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            variable = getattr(node, "variable", None)
+            if variable is not None and variable.requires_grad and id(variable) not in known:
+                missing.append(tuple(variable.shape))
+            stack.extend(fn for fn, _ in node.next_functions)
+        if missing:
+            raise ValueError(
+                f"f uses {len(missing)} tensor(s) that require grad but are not in prob.params (shapes "
+                f"{missing[:5]}); the adjoint would give them no gradient. Pass them as "
+                "ODEProblem(..., params=[...]) (for an nn.Module f they are found automatically), "
+                "or use sensealg=DirectAdjoint()."
+            )
+
+    def unflatten_params(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        return [g.view_as(p).to(p.dtype) for g, p in zip(flat.split(self.sizes), self.params)]
+
+
+def backward_options(
+    sensealg: AbstractAdjoint, record: ForwardRecord, t_from: float, t_to: float, dt: float | None, norm: Norm
+) -> SolveOptions:
+    """Options for one backward solve between two save points: the algorithm's solver and
+    tolerances (the forward ones by default), saving only the end. A fixed-step forward solve
+    gets a fixed-step backward solve with the same dt."""
+    opts = record.opts
+    solver = sensealg.solver or record.solver
+    prob = ODEProblem(lambda t, y: y, torch.zeros(1), (t_from, t_to))
+    common = dict(saveat=[t_to], internalnorm=norm, max_steps=opts.max_steps, dense=False)
+    if opts.adaptive and solver.adaptive:
+        rtol = sensealg.rtol if sensealg.rtol is not None else opts.rtol
+        atol = sensealg.atol if sensealg.atol is not None else opts.atol
+        return make_options(prob, solver, dt=dt if dt else None, rtol=rtol, atol=atol, **common)
+    if opts.dt is None:
+        raise ValueError(
+            f"{type(sensealg).__name__}: the backward solver {solver!r} steps with a fixed dt, but the forward solve was adaptive; give an adaptive backward solver"
+        )
+    return make_options(prob, solver, dt=opts.dt, adaptive=False, **common)
+
+
+def adjoint_norm(sensealg: AbstractAdjoint, n_groups: int, keep: int) -> Norm:
+    """The norm of the backward solve: the user's, else the seminorm over the first `keep`
+    channel groups when `seminorm=True`, else the full mixed norm over all groups."""
+    if sensealg.internalnorm is not None:
+        return sensealg.internalnorm
+    if getattr(sensealg, "seminorm", False) and keep < n_groups:
+        return make_seminorm(keep=keep)
+    return mixed_norm
+
+
+def solve_backward(
+    sensealg: AbstractAdjoint,
+    record: ForwardRecord,
+    f: Callable,
+    state: tuple,
+    t_from: float,
+    t_to: float,
+    dt: float | None,
+    norm: Norm,
+    stats: Stats,
+    on_step=None,
+) -> tuple[tuple, float | None]:
+    """Integrate an adjoint system from t_from to t_to; returns the state there and the
+    controller's next step (to start the next interval with)."""
+    opts = backward_options(sensealg, record, t_from, t_to, dt, norm)
+    prob = ODEProblem(f, state, (t_from, t_to))
+    sol = integrate(prob, sensealg.solver or record.solver, opts, throw=True, on_step=on_step)
+    stats.naccept += sol.stats.naccept
+    stats.nreject += sol.stats.nreject
+    end = tuple(y[-1] for y in sol.y)
+    return end, sol.dt_next
+
+
+@dataclass(frozen=True, repr=False)
+class AbstractAdjoint(AbstractSensitivityAlgorithm):
+    """A continuous adjoint: forward under `no_grad`, backward by solving the adjoint system.
+
+    Args (shared by every subclass):
+        solver: the backward solve's method (default: the forward one).
+        rtol, atol: the backward solve's tolerances (default: the forward ones).
+        internalnorm: the backward solve's norm, overriding the method's choice.
+    """
+
+    solver: AbstractSolver | None = None
+    rtol: float | None = None
+    atol: float | None = None
+    internalnorm: Norm | None = None
+
+    @abc.abstractmethod
+    def backward_sweep(
+        self, record: ForwardRecord, grad_ys: torch.Tensor, vf: VectorField, stats: Stats
+    ) -> AdjointGradients:
+        """dL/dy0 and dL/dθ from dL/dy(t_k) at each save point (grad_ys, (T, n))."""
+
+    def forward_options(self, opts: SolveOptions) -> SolveOptions:
+        """The forward solve's options (an algorithm may keep dense output, say)."""
+        return opts
+
+    def solve(self, prob: ODEProblem, solver: AbstractSolver, opts: SolveOptions, throw: bool) -> Solution:
+        if self.solver is not None and not isinstance(self.solver, AbstractSolver):
+            raise TypeError(f"{type(self).__name__}: solver must be a pyode solver; got {self.solver!r}")
+        layout = StateLayout(prob.y0)
+        y0 = layout.flatten(prob.y0)
+        params = tuple(p for p in prob.params if p.requires_grad)
+        t0, t1 = prob.tspan
+        times = [t if isinstance(t, torch.Tensor) and t.requires_grad else None for t in (t0, t1)]
+        saveat = opts.saveat_tensor
+        if torch.is_grad_enabled():
+            check = Stats()
+            VectorField(prob, layout, params, check).check_closure(
+                float(t0.detach()) if isinstance(t0, torch.Tensor) else float(t0), y0
+            )
+        holder: dict[str, Any] = {}
+        ys = _AdjointFunction.apply(
+            self, holder, prob, solver, opts, throw, layout, y0, times[0], times[1], saveat, *params
+        )
+        sol = holder["solution"]
+        sol.y = layout.unflatten_batch(ys)
+        if torch.is_grad_enabled():
+            sol.stats.nfe += check.nfe
+        return sol
+
+
+class _AdjointFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, sensealg, holder, prob, solver, opts, throw, layout, y0, t0, t1, saveat, *params):
+        detached = dataclasses.replace(prob, y0=layout.unflatten(y0.detach()))
+        with torch.no_grad():
+            sol = integrate(detached, solver, sensealg.forward_options(opts), throw=throw)
+        ys = layout.flatten_batch(sol.y)
+        holder["solution"] = sol
+        ctx.sensealg = sensealg
+        ctx.record = ForwardRecord(
+            prob=prob,
+            solver=solver,
+            opts=opts,
+            layout=layout,
+            params=tuple(params),
+            t0=float(prob.tspan[0].detach()) if isinstance(prob.tspan[0], torch.Tensor) else float(prob.tspan[0]),
+            ts=tuple(sol.t.detach().cpu().tolist()),
+            ys=ys,
+            solution=sol,
+        )
+        ctx.wants = (t0 is not None, t1 is not None, saveat is not None)
+        ctx.saveat_dtype = saveat.dtype if saveat is not None else None
+        ctx.time_dtypes = (t0.dtype if t0 is not None else None, t1.dtype if t1 is not None else None)
+        return ys
+
+    @staticmethod
+    def backward(ctx, grad_ys):
+        sensealg, record = ctx.sensealg, ctx.record
+        stats = Stats()
+        vf = VectorField(record.prob, record.layout, record.params, stats)
+        grads = sensealg.backward_sweep(record, grad_ys.detach(), vf, stats)
+        record.solution.adjoint_stats = stats
+
+        wants_t0, wants_t1, wants_saveat = ctx.wants
+        grad_t0 = grad_t1 = grad_saveat = None
+        if wants_t0 or wants_t1 or wants_saveat:
+            ts = record.ts
+            if wants_saveat or wants_t1:
+                # Moving save time t_k moves only y(t_k): dL/dt_k = g_k · f(t_k, y_k).
+                rates = torch.stack([vf(t, y) for t, y in zip(ts, record.ys)])
+                per_save = (grad_ys * rates).sum(dim=1)
+                if wants_saveat:
+                    grad_saveat = torch.zeros(len(record.opts.saveat), dtype=ctx.saveat_dtype, device=grad_ys.device)
+                    grad_saveat[: len(ts)] = per_save.to(ctx.saveat_dtype)
+                if wants_t1 and record.opts.saveat is None:
+                    # Every step saved: the last output is y(t1) itself.
+                    grad_t1 = per_save[-1].to(ctx.time_dtypes[1])
+                elif wants_t1:
+                    grad_t1 = torch.zeros((), dtype=ctx.time_dtypes[1])
+            if wants_t0:
+                y0 = record.layout.flatten(record.prob.y0).detach()
+                grad_t0 = -(grads.a_t0 * vf(record.t0, y0)).sum().to(ctx.time_dtypes[0])
+
+        grad_params = vf.unflatten_params(grads.params) if record.params else []
+        return (None, None, None, None, None, None, None, grads.y0, grad_t0, grad_t1, grad_saveat, *grad_params)

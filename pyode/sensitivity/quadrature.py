@@ -1,0 +1,126 @@
+"""QuadratureAdjoint: the GQ method of Norcliffe & Deisenroth (TMLR 2023)."""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .. import interpolation
+from ..problem import Stats
+from .glue import AbstractAdjoint, AdjointGradients, ForwardRecord, VectorField, adjoint_norm, solve_backward
+
+
+@functools.cache
+def gauss_legendre(n: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Nodes (ascending, in (-1, 1)) and weights of the n-point Gauss–Legendre rule."""
+    nodes, weights = np.polynomial.legendre.leggauss(n)
+    return tuple(float(x) for x in nodes), tuple(float(w) for w in weights)
+
+
+class QuadratureAccumulator:
+    """A running sum of ∫ a·∂f/∂θ dt over quadrature nodes, read from each accepted backward
+    step's dense output as the step is taken: memory independent of the number of nodes."""
+
+    def __init__(self, vf: VectorField, n: int, stats: Stats, like: torch.Tensor):
+        self.vf = vf
+        self.n = n
+        self.stats = stats
+        self.total = like.new_zeros(sum(vf.sizes))
+
+    def add(
+        self, s0: torch.Tensor, r: torch.Tensor, t: float, h: float, nodes: list[float], weights: list[float]
+    ) -> None:
+        """Add Σ_i w_i a(τ_i)·∂f/∂θ(τ_i, z(τ_i)) for nodes τ_i inside the step [t, t + h]."""
+        if not nodes:
+            return
+        states = interpolation.evaluate_at(s0, r, [(tau - t) / h for tau in nodes])
+        for tau, w, state in zip(nodes, weights, states):
+            z, a = state[: self.n], state[self.n :]
+            _, _, vjp_theta = self.vf.vjp(tau, z, a * w, wrt_y=False)
+            self.total += vjp_theta
+            self.stats.nquad += 1
+
+
+@dataclass(frozen=True, repr=False)
+class QuadratureAdjoint(AbstractAdjoint):
+    """The parameter gradient as an integral, dL/dθ = ∫ a(t)·∂f/∂θ(t, z(t)) dt, computed by
+    Gauss–Legendre quadrature instead of as ODE channels (Norcliffe & Deisenroth, "Faster
+    training of neural ODEs using Gauss–Legendre quadrature", TMLR 2023: the GQ method).
+
+    The backward solve integrates [z, a] only (z recomputed backward, as in BacksolveAdjoint),
+    so its step control and its per-stage arithmetic never touch the parameters. Between save
+    points t_{k-1} and t_k it uses
+        n_k = ceil(C · NFE_forward · (t_k - t_{k-1}) / (t_K - t_0))
+    nodes (at least 1, at most `max_nodes`), evaluated from the backward solve's dense output as
+    it passes them; each node costs one f evaluation and one vector-Jacobian product.
+
+    - Memory: O(state + params), independent of steps and of nodes (a running sum).
+    - Backward cost: a solve of 2·state channels plus Σ n_k parameter VJPs; cheaper than the
+      backsolve adjoint when parameters far outnumber state.
+    - Accuracy: the quadrature error of an n_k-point rule (exact for polynomials of degree
+      2n_k - 1) on top of the backward tolerance; raise C or max_nodes for more.
+    - Times and solvers: as BacksolveAdjoint.
+
+    Args:
+        C: nodes per forward function evaluation, spread over the span in proportion to length.
+        max_nodes: cap on the nodes of one interval.
+    """
+
+    C: float = 0.1
+    max_nodes: int = 64
+
+    def __post_init__(self) -> None:
+        if not self.C > 0:
+            raise ValueError(f"QuadratureAdjoint: C must be positive; got {self.C}")
+        if not isinstance(self.max_nodes, int) or self.max_nodes < 1:
+            raise ValueError(f"QuadratureAdjoint: max_nodes must be a positive integer; got {self.max_nodes}")
+
+    def nodes(self, record: ForwardRecord, t_a: float, t_b: float) -> int:
+        span = abs(record.ts[-1] - record.t0) or 1.0
+        n = math.ceil(self.C * record.solution.stats.nfe * abs(t_b - t_a) / span)
+        return min(max(n, 1), self.max_nodes)
+
+    def backward_sweep(
+        self, record: ForwardRecord, grad_ys: torch.Tensor, vf: VectorField, stats: Stats
+    ) -> AdjointGradients:
+        norm = adjoint_norm(self, n_groups=2, keep=2)
+        n = record.layout.numel
+
+        def augmented(t: float, state: tuple) -> tuple:
+            z, a = state
+            fz, vjp_z, _ = vf.vjp(t, z, -a)
+            return fz, vjp_z
+
+        ts, ys = record.ts, record.ys
+        quad = QuadratureAccumulator(vf, n, stats, ys[0])
+        a = torch.zeros_like(ys[0])
+        dt = None
+        for k in range(len(ts) - 1, -1, -1):
+            a = a + grad_ys[k]
+            t_from, t_to = ts[k], (ts[k - 1] if k > 0 else record.t0)
+            if t_to == t_from:
+                continue
+            x, w = gauss_legendre(self.nodes(record, t_to, t_from))
+            half, mid = (t_from - t_to) / 2, (t_from + t_to) / 2
+            # Nodes in the order the backward solve meets them, with weights of ∫_{t_to}^{t_from}.
+            pending = sorted(
+                zip((mid + half * xi for xi in x), (half * wi for wi in w)),
+                key=lambda p: -(p[0] - t_to) / (t_from - t_to),
+            )
+
+            def on_step(t, h, s0, s1, r, pending=pending):
+                end = t + h
+                inside = []
+                while pending and (pending[0][0] - end) * h <= 0:
+                    inside.append(pending.pop(0))
+                quad.add(s0, r, t, h, [p[0] for p in inside], [p[1] for p in inside])
+
+            (_, a), dt = solve_backward(
+                self, record, augmented, (ys[k], a), t_from, t_to, dt, norm, stats, on_step=on_step
+            )
+            assert not pending, "every quadrature node lies inside the interval"
+        return AdjointGradients(y0=a, params=quad.total, a_t0=a)
