@@ -33,9 +33,27 @@ class DirectAdjoint(AbstractSensitivityAlgorithm):
       grad, through the flow identities ∂y(t)/∂t0 = -∂y(t)/∂y0 · f(t0, y0) (one extra
       evaluation of f) and, when every step is saved, ∂y(t1)/∂t1 = f(t1, y(t1)).
     - Solvers: all.
+    - `checkpoint_every=N` bounds memory on long solves: the forward pass first solves without
+      recording (keeping the accepted step times and states), then replays the same steps in
+      segments of N under `torch.utils.checkpoint`, so backward holds one segment's graph at a
+      time and recomputes it. Memory O(steps/N · state + N · stages · state), forward cost about
+      2x, backward cost about 2x; the gradient is that of the same discrete computation.
+      `sol(t)` then has no gradient (its dense output comes from the unrecorded pass).
 
     This is what torchdiffeq's `odeint` (without adjoint) computes.
     """
+
+    checkpoint_every: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_every is not None and (
+            isinstance(self.checkpoint_every, bool)
+            or not isinstance(self.checkpoint_every, int)
+            or self.checkpoint_every < 1
+        ):
+            raise ValueError(
+                f"DirectAdjoint: checkpoint_every must be a positive integer; got {self.checkpoint_every!r}"
+            )
 
     def solve(self, prob: ODEProblem, solver: AbstractSolver, opts: SolveOptions, throw: bool) -> Solution:
         t0, t1 = prob.tspan
@@ -47,7 +65,10 @@ class DirectAdjoint(AbstractSensitivityAlgorithm):
             f0 = _derivative(prob, t0, prob.y0)
             extra_nfe += 1
             prob = dataclasses.replace(prob, y0=_map(lambda y, f: _TimeShift.apply(y, t0, f, -1.0), prob.y0, f0))
-        sol = integrate(prob, solver, opts, throw=throw)
+        if self.checkpoint_every is not None and grad:
+            sol = _checkpointed(prob, solver, opts, throw, self.checkpoint_every)
+        else:
+            sol = integrate(prob, solver, opts, throw=throw)
         sol.stats.nfe += extra_nfe
         if wants_t1 and sol.retcode.successful:
             last = _map(lambda y: y[-1], sol.y)
@@ -57,6 +78,81 @@ class DirectAdjoint(AbstractSensitivityAlgorithm):
                 lambda ys, y, f: torch.cat((ys[:-1], _TimeShift.apply(y, t1, f, 1.0).unsqueeze(0))), sol.y, last, f1
             )
         return sol
+
+
+def _checkpointed(prob: ODEProblem, solver: AbstractSolver, opts: SolveOptions, throw: bool, every: int) -> Solution:
+    """Solve once without recording, then replay the accepted steps segment by segment under
+    `torch.utils.checkpoint`, so that backward holds one segment's graph at a time."""
+    from torch.utils.checkpoint import checkpoint
+
+    from ..solve import StateLayout, make_options
+
+    layout = StateLayout(prob.y0)
+    with torch.no_grad():
+        scout = integrate(prob, solver, dataclasses.replace(opts, saveat=None, saveat_tensor=None), throw=throw)
+    ends = scout.t.tolist()  # t0 and the end of every accepted step reached
+    reached = ends[-1]
+    direction = 1.0 if ends[-1] >= ends[0] else -1.0
+    saves = list(opts.saveat) if opts.saveat is not None else ends
+    saves = [s for s in saves if direction * (s - reached) <= 0]
+    tensor = opts.saveat_tensor
+
+    def segment(a: int, b: int, first: bool):
+        t_a, t_b = ends[a], ends[b]
+        index = [
+            i
+            for i, s in enumerate(saves)
+            if (direction * (s - t_a) > 0 and direction * (s - t_b) <= 0) or (first and s == t_a)
+        ]
+        times = [saves[i] for i in index]
+        want_end = not times or times[-1] != t_b
+        saveat = [*times, t_b] if want_end else times
+        if tensor is not None and index:
+            window = tensor[index[0] : index[-1] + 1]
+            saveat = torch.cat([window, tensor.new_tensor([t_b])]) if want_end else window
+        longest = max(abs(ends[i + 1] - ends[i]) for i in range(a, b))
+
+        def run(y_start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            part = dataclasses.replace(prob, y0=layout.unflatten(y_start), tspan=(t_a, t_b))
+            part_opts = make_options(
+                part,
+                solver,
+                saveat=saveat,
+                dt=longest,
+                adaptive=False,
+                tstops=ends[a + 1 : b],
+                max_steps=opts.max_steps + 1,
+                dense=False,
+                time_dtype=opts.time_dtype,
+            )
+            replay = integrate(part, solver, part_opts, throw=True)
+            replay_nfe.append(replay.stats.nfe)
+            ys = layout.flatten_batch(replay.y)
+            return (ys[:-1] if want_end else ys), ys[-1]
+
+        return run
+
+    y = layout.flatten(prob.y0)
+    outputs = []
+    replay_nfe: list[int] = []  # filled by the forward replays (recomputation comes later)
+    n_steps = len(ends) - 1
+    for a in range(0, n_steps, every):
+        b = min(a + every, n_steps)
+        ys, y = checkpoint(segment(a, b, first=a == 0), y, use_reentrant=False)
+        outputs.append(ys)
+    ys = torch.cat(outputs) if outputs else layout.flatten(prob.y0).unsqueeze(0)[: len(saves)]
+    if opts.saveat is None:
+        t = scout.t
+    else:
+        t = (
+            tensor[: len(saves)]
+            if tensor is not None
+            else torch.tensor(saves, dtype=opts.time_dtype, device=scout.t.device)
+        )
+    scout.y = layout.unflatten_batch(ys)
+    scout.t = t
+    scout.stats.nfe += sum(replay_nfe)
+    return scout
 
 
 def _map(fn, *states):
