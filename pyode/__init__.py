@@ -16,17 +16,22 @@ from .sensitivity import DirectAdjoint as DirectAdjoint
 from .sensitivity import GaussAdjoint as GaussAdjoint
 from .sensitivity import InterpolatingAdjoint as InterpolatingAdjoint
 from .sensitivity import QuadratureAdjoint as QuadratureAdjoint
+from .sensitivity import ReversibleAdjoint as ReversibleAdjoint
 from .solve import solve as solve
 from .solvers import BS3 as BS3
 from .solvers import DP5 as DP5
 from .solvers import DP8 as DP8
 from .solvers import RK4 as RK4
 from .solvers import AbstractExplicitRK as AbstractExplicitRK
+from .solvers import AbstractReversibleSolver as AbstractReversibleSolver
 from .solvers import AbstractSolver as AbstractSolver
+from .solvers import AsyncLeapfrog as AsyncLeapfrog
 from .solvers import ButcherTableau as ButcherTableau
 from .solvers import Euler as Euler
 from .solvers import Heun as Heun
 from .solvers import Midpoint as Midpoint
+from .solvers import Reversible as Reversible
+from .solvers import ReversibleHeun as ReversibleHeun
 from .solvers import Tsit5 as Tsit5
 from .step_control import PIController as PIController
 

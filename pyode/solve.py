@@ -221,6 +221,15 @@ def make_options(
             t1,
         )[0]
     )
+    from .solvers.reversible import AbstractReversibleSolver
+
+    if isinstance(solver, AbstractReversibleSolver):
+        # No dense interpolant: the steps land on the save points instead.
+        if dense:
+            raise ValueError(f"{solver!r} has no dense output, so dense=True is not available; use saveat=")
+        dense = False
+        if saves:
+            stops = tuple(sorted(set(stops) | set(saves), reverse=t1 < t0))
     if dense is None:
         dense = saveat is None
     if time_dtype is None:
@@ -279,6 +288,7 @@ def integrate(
     stats.nfe += 1
     layout.check_derivative(first, prob.y0)
     k1 = layout.flatten(first)
+    output = stepper.output
 
     out_t: list[float] = []
     out_y: list[torch.Tensor] = []
@@ -301,7 +311,7 @@ def integrate(
     stops = [s for s in opts.tstops if direction * (s - t0) > 0 and s != t1] + [t1]
     stop_i = 0
     retcode = ReturnCode.Success
-    t, y = t0, y0
+    t, y = t0, stepper.init(t0, y0, k1)
 
     if t0 == t1:
         h_abs = 0.0
@@ -314,6 +324,8 @@ def integrate(
         h_abs = min(opts.dt, opts.dtmax)
     prev_ratio = 1e-4
     grad_enabled = torch.is_grad_enabled()
+    if not stepper.uses_k1:
+        k1 = None
 
     while retcode is ReturnCode.Success and direction * (t1 - t) > 0:
         if stats.naccept + stats.nreject >= opts.max_steps:
@@ -360,7 +372,7 @@ def integrate(
             stop_i += 1
         at_end = on_stop and t_new == t1
         next_k1 = step.next_k1
-        if next_k1 is None and not at_end:
+        if next_k1 is None and not at_end and stepper.uses_k1:
             next_k1 = f(t_new, y_new)
 
         # Save points inside this step, and dense output.
@@ -373,18 +385,19 @@ def integrate(
             and save_i > j0
             and not (save_i - j0 == 1 and saves[j0] == t_new and opts.saveat_tensor is None)
         )
-        if interior or dense is not None or on_step is not None:
+        r = None
+        if stepper.interpolates and (interior or dense is not None or on_step is not None):
             f1 = next_k1
             if f1 is None and stepper.dense_needs_f1:
                 f1 = f(t_new, y_new)
             r = stepper.dense(step, f1)
             if dense is not None:
                 dense.append(t, h, y, r)
-            if on_step is not None:
-                on_step(t, h, y, y_new, r)
+        if on_step is not None:
+            on_step(t, h, y, y_new, r)
         if saves is None:
             out_t.append(t_new)
-            out_y.append(y_new.unsqueeze(0))
+            out_y.append(output(y_new).unsqueeze(0))
         elif save_i > j0:
             saved_before = len(out_y)
             out_t.extend(saves[j0:save_i])
@@ -397,7 +410,7 @@ def integrate(
                 if inside:
                     out_y.append(interpolation.evaluate_at(y, r, [(s - t) / h for s in inside]))
                 if ends_here:
-                    out_y.append(y_new.unsqueeze(0))
+                    out_y.append(output(y_new).unsqueeze(0))
             if not opts.adaptive and not bool(torch.isfinite(out_y[-1]).all()):
                 # Fixed steps have no error test to catch a blow-up, so save points are checked.
                 retcode = ReturnCode.Unstable
@@ -475,7 +488,8 @@ def solve(
             the default is True when `saveat` is omitted.
         time_dtype: dtype of `sol.t` (float64 by default; float32 on devices without float64).
             Steps are computed in float64 on the host either way; f receives t in y's dtype.
-        sensealg: how gradients flow back through the solve; `DirectAdjoint()` by default.
+        sensealg: how gradients flow back through the solve; `DirectAdjoint()` by default
+            (`ReversibleAdjoint()` for reversible solvers).
             See `pyode/sensitivity/README.md` for when to choose which.
         throw: raise `SolveError` on failure; if False, return the partial solution, whose
             `retcode` says what went wrong.
@@ -487,10 +501,11 @@ def solve(
         SolveError: the solve failed and `throw` is True.
         ValueError, TypeError: bad input, named in the message.
     """
-    from .sensitivity import AbstractSensitivityAlgorithm, DirectAdjoint
+    from .sensitivity import AbstractSensitivityAlgorithm, DirectAdjoint, ReversibleAdjoint
+    from .solvers.reversible import AbstractReversibleSolver
 
     if sensealg is None:
-        sensealg = DirectAdjoint()
+        sensealg = ReversibleAdjoint() if isinstance(solver, AbstractReversibleSolver) else DirectAdjoint()
     elif not isinstance(sensealg, AbstractSensitivityAlgorithm):
         raise TypeError(
             f"sensealg must be a pyode sensitivity algorithm such as pyode.DirectAdjoint(); got {sensealg!r}"

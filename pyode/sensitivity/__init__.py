@@ -7,3 +7,4 @@ from .gauss import GaussAdjoint as GaussAdjoint
 from .glue import AbstractAdjoint as AbstractAdjoint
 from .interpolating import InterpolatingAdjoint as InterpolatingAdjoint
 from .quadrature import QuadratureAdjoint as QuadratureAdjoint
+from .reversible import ReversibleAdjoint as ReversibleAdjoint

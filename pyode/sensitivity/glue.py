@@ -34,6 +34,7 @@ class ForwardRecord(NamedTuple):
     ts: tuple[float, ...]  # save times reached
     ys: torch.Tensor  # (T, n) states at the save times, detached
     solution: Solution
+    data: Any  # what the algorithm's forward hook collected (see `AbstractAdjoint.forward_hook`)
 
 
 class AdjointGradients(NamedTuple):
@@ -203,6 +204,10 @@ class AbstractAdjoint(AbstractSensitivityAlgorithm):
         """The forward solve's options (an algorithm may keep dense output, say)."""
         return opts
 
+    def forward_hook(self) -> tuple[Callable | None, Any]:
+        """A per-step hook for the forward solve and the object it fills (kept in the record)."""
+        return None, None
+
     def solve(self, prob: ODEProblem, solver: AbstractSolver, opts: SolveOptions, throw: bool) -> Solution:
         if self.solver is not None and not isinstance(self.solver, AbstractSolver):
             raise TypeError(f"{type(self).__name__}: solver must be a pyode solver; got {self.solver!r}")
@@ -232,8 +237,9 @@ class _AdjointFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, sensealg, holder, prob, solver, opts, throw, layout, y0, t0, t1, saveat, *params):
         detached = dataclasses.replace(prob, y0=layout.unflatten(y0.detach()))
+        hook, data = sensealg.forward_hook()
         with torch.no_grad():
-            sol = integrate(detached, solver, sensealg.forward_options(opts), throw=throw)
+            sol = integrate(detached, solver, sensealg.forward_options(opts), throw=throw, on_step=hook)
         ys = layout.flatten_batch(sol.y)
         holder["solution"] = sol
         ctx.sensealg = sensealg
@@ -247,6 +253,7 @@ class _AdjointFunction(torch.autograd.Function):
             ts=tuple(sol.t.detach().cpu().tolist()),
             ys=ys,
             solution=sol,
+            data=data,
         )
         ctx.wants = (t0 is not None, t1 is not None, saveat is not None)
         ctx.saveat_dtype = saveat.dtype if saveat is not None else None

@@ -9,5 +9,9 @@ from .explicit import Euler as Euler
 from .explicit import Heun as Heun
 from .explicit import Midpoint as Midpoint
 from .explicit import Tsit5 as Tsit5
+from .reversible import AbstractReversibleSolver as AbstractReversibleSolver
+from .reversible import AsyncLeapfrog as AsyncLeapfrog
+from .reversible import Reversible as Reversible
+from .reversible import ReversibleHeun as ReversibleHeun
 from .runge_kutta import AbstractExplicitRK as AbstractExplicitRK
 from .tableau import ButcherTableau as ButcherTableau

@@ -26,7 +26,26 @@ class Step(NamedTuple):
 
 
 class AbstractStepper(abc.ABC):
-    """A solver bound to one solve: its coefficients cast to the state's dtype and device."""
+    """A solver bound to one solve: its coefficients cast to the state's dtype and device.
+
+    The loop steps the stepper's own state, which is the flat user state for Runge–Kutta methods
+    and something larger for methods that carry more (a reversible method's pair [Y, Z]): `init`
+    builds it from y0 and f(t0, y0), `output` reads the user state back out of it.
+    """
+
+    # Whether `step` reads k1 = f(t, y) of the loop's state (which the loop then evaluates or
+    # reuses through FSAL); a method that evaluates f itself sets False.
+    uses_k1: bool = True
+    # Whether `dense` exists; without it the loop lands on every save point instead.
+    interpolates: bool = True
+
+    def init(self, t0: float, y0: torch.Tensor, f0: torch.Tensor) -> torch.Tensor:
+        """The stepper's state at t0."""
+        return y0
+
+    def output(self, state: torch.Tensor) -> torch.Tensor:
+        """The user's (flat) state read from the stepper's state."""
+        return state
 
     @abc.abstractmethod
     def step(self, t: float, y: torch.Tensor, h: float, k1: torch.Tensor) -> Step:
