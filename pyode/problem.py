@@ -167,6 +167,8 @@ class Solution:
         retcode: a `ReturnCode`.
         prob, solver: what was solved, and how.
         dt_next: the step size the controller proposed after the last step (to continue a solve).
+        error_estimate, stiffness_estimate: the regularizers R_E and R_S (0-d tensors) when
+            solved with `regularize=...`; None otherwise.
     """
 
     t: torch.Tensor
@@ -178,6 +180,8 @@ class Solution:
     adjoint_stats: Stats | None = None
     dense: DenseOutput | None = None
     dt_next: float | None = None
+    error_estimate: torch.Tensor | None = None
+    stiffness_estimate: torch.Tensor | None = None
 
     def __call__(self, t: TimeLike) -> State:
         """The solution at any time(s) in the span by dense interpolation.

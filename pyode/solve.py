@@ -17,6 +17,8 @@ from . import interpolation
 from .interpolation import DenseOutput
 from .norms import Norm, max_norm, rms_norm
 from .problem import ODEProblem, ReturnCode, Solution, SolveError, State, Stats
+from .regularizers import Accumulator, Regularization
+from .regularizers import check as check_regularization
 from .solvers.base import AbstractSolver
 from .step_control import PIController, initial_step
 
@@ -41,6 +43,7 @@ class SolveOptions:
     max_steps: int
     dense: bool
     time_dtype: torch.dtype
+    regularize: Regularization | None = None
 
 
 class StateLayout:
@@ -171,6 +174,7 @@ def make_options(
     max_steps: int = 100_000,
     dense: bool | None = None,
     time_dtype: torch.dtype | None = None,
+    regularize: bool | Regularization = False,
 ) -> SolveOptions:
     """Validate `solve`'s keywords against the problem and the solver."""
     if not isinstance(prob, ODEProblem):
@@ -237,6 +241,14 @@ def make_options(
         time_dtype = torch.float32 if y0.device.type == "mps" else torch.float64
     elif time_dtype not in (torch.float32, torch.float64):
         raise ValueError(f"time_dtype must be torch.float32 or torch.float64; got {time_dtype}")
+    if regularize is True:
+        regularize = Regularization()
+    elif regularize is False or regularize is None:
+        regularize = None
+    elif not isinstance(regularize, Regularization):
+        raise TypeError(f"regularize must be True, False or a pyode.Regularization; got {regularize!r}")
+    if regularize is not None:
+        check_regularization(regularize, solver)
     return SolveOptions(
         saveat=saves,
         saveat_tensor=saves_tensor,
@@ -252,6 +264,7 @@ def make_options(
         max_steps=max_steps,
         dense=bool(dense),
         time_dtype=time_dtype,
+        regularize=regularize,
     )
 
 
@@ -324,6 +337,9 @@ def integrate(
         h_abs = min(opts.dt, opts.dtmax)
     prev_ratio = 1e-4
     grad_enabled = torch.is_grad_enabled()
+    regularizer = Accumulator(opts.regularize, solver) if opts.regularize is not None else None
+    # The regularizers differentiate the error estimate; otherwise it stays off the graph.
+    ratio_on_graph = regularizer is not None and opts.regularize.error is not None
     if not stepper.uses_k1:
         k1 = None
 
@@ -346,8 +362,11 @@ def integrate(
 
         step = stepper.step(t, y, h, k1)
 
+        ratio_tensor = stepper.error_ratio(step, opts.rtol, opts.atol, norm) if ratio_on_graph else None
         if opts.adaptive:
-            if grad_enabled:
+            if ratio_tensor is not None:
+                ratio = ratio_tensor.item()
+            elif grad_enabled:
                 # The controller is not differentiated: keep the error estimate off the graph.
                 with torch.no_grad():
                     ratio = stepper.error_ratio(step, opts.rtol, opts.atol, norm).item()
@@ -365,6 +384,8 @@ def integrate(
                 continue
             h_abs = min(abs(h) * controller.factor(ratio, prev_ratio, gains, accepted=True), opts.dtmax)
             prev_ratio = max(ratio, 1e-4)
+        if regularizer is not None:
+            regularizer.accept(step, ratio_tensor)
         stats.naccept += 1
 
         y_new = step.y1
@@ -440,6 +461,8 @@ def integrate(
         dense=dense,
         dt_next=h_abs,
     )
+    if regularizer is not None:
+        sol.error_estimate, sol.stiffness_estimate = regularizer.results(y0)
     if throw and not retcode.successful:
         raise SolveError(retcode, t, sol)
     return sol
@@ -462,6 +485,7 @@ def solve(
     max_steps: int = 100_000,
     dense: bool | None = None,
     time_dtype: torch.dtype | None = None,
+    regularize: bool | Regularization = False,
     sensealg: Any = None,
     throw: bool = True,
 ) -> Solution:
@@ -488,6 +512,9 @@ def solve(
             the default is True when `saveat` is omitted.
         time_dtype: dtype of `sol.t` (float64 by default; float32 on devices without float64).
             Steps are computed in float64 on the host either way; f receives t in y's dtype.
+        regularize: accumulate the solver-heuristic regularizers over the accepted steps into
+            `sol.error_estimate` (R_E) and `sol.stiffness_estimate` (R_S), differentiable through
+            `DirectAdjoint`; True for the defaults, or a `pyode.Regularization`.
         sensealg: how gradients flow back through the solve; `DirectAdjoint()` by default
             (`ReversibleAdjoint()` for reversible solvers).
             See `pyode/sensitivity/README.md` for when to choose which.
@@ -526,6 +553,7 @@ def solve(
         max_steps=max_steps,
         dense=dense,
         time_dtype=time_dtype,
+        regularize=regularize,
     )
     return sensealg.solve(prob, solver, opts, throw=throw)
 

@@ -65,6 +65,10 @@ class DirectAdjoint(AbstractSensitivityAlgorithm):
             f0 = _derivative(prob, t0, prob.y0)
             extra_nfe += 1
             prob = dataclasses.replace(prob, y0=_map(lambda y, f: _TimeShift.apply(y, t0, f, -1.0), prob.y0, f0))
+        if self.checkpoint_every is not None and opts.regularize is not None:
+            raise ValueError(
+                "DirectAdjoint(checkpoint_every=...) cannot differentiate the regularizers; leave checkpointing off"
+            )
         if self.checkpoint_every is not None and grad:
             sol = _checkpointed(prob, solver, opts, throw, self.checkpoint_every)
         else:

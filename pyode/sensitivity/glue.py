@@ -209,6 +209,11 @@ class AbstractAdjoint(AbstractSensitivityAlgorithm):
         return None, None
 
     def solve(self, prob: ODEProblem, solver: AbstractSolver, opts: SolveOptions, throw: bool) -> Solution:
+        if opts.regularize is not None:
+            raise ValueError(
+                f"regularize needs sensealg=DirectAdjoint(): the regularizers are differentiated through the "
+                f"solver's own computation, which {type(self).__name__} does not record"
+            )
         if self.solver is not None and not isinstance(self.solver, AbstractSolver):
             raise TypeError(f"{type(self).__name__}: solver must be a pyode solver; got {self.solver!r}")
         layout = StateLayout(prob.y0)

@@ -23,6 +23,7 @@ class Step(NamedTuple):
     y1: torch.Tensor  # (n,)
     stages: torch.Tensor
     next_k1: torch.Tensor | None  # f(t + h, y1) when the method computed it already (FSAL)
+    stage_inputs: tuple | None = None  # the inputs Y of the last two stages (Runge–Kutta)
 
 
 class AbstractStepper(abc.ABC):

@@ -23,6 +23,8 @@ class AbstractExplicitRK(AbstractSolver):
 
     tableau: ClassVar[ButcherTableau]
     interpolant: ClassVar[PolynomialInterpolant | None] = None
+    # Extent of the stability region on the negative real axis (for the stiffness regularizer).
+    stability_extent: ClassVar[float | None] = None
     dense_stages: ClassVar[tuple[tuple[float, tuple[float, ...]], ...]] = ()
 
     def stepper(self, f: VectorField, dtype: torch.dtype, device: torch.device) -> RKStepper:
@@ -52,14 +54,15 @@ class RKStepper(AbstractStepper):
         stages = y.new_zeros((self.stages, y.shape[0]))
         stages[0] = k1
         stages_t = stages.T
-        yi = y
+        yi = y_prev = y
         for i in range(1, self.stages):
+            y_prev = yi
             yi = torch.addmv(y, stages_t, tab.a_rows[i], alpha=h)
             stages[i] = f(t + tab.c[i] * h, yi)
         if self.fsal:
-            return Step(t, h, y, yi, stages, stages[-1])
+            return Step(t, h, y, yi, stages, stages[-1], (y_prev, yi))
         y1 = torch.addmv(y, stages_t, tab.b, alpha=h)
-        return Step(t, h, y, y1, stages, None)
+        return Step(t, h, y, y1, stages, None, (y_prev, yi))
 
     def error_ratio(self, step: Step, rtol: float, atol: float, norm: Callable) -> torch.Tensor:
         # err_j = h Σ_i e_ij k_i for each estimate j; h is pulled out of the norm (norms are
