@@ -32,7 +32,7 @@ def test_values_by_hand(solver, extent):
     r_e = r_s = 0.0
     with torch.no_grad():
         for j in range(len(sol.t) - 1):
-            t, h = sol.t[j].item(), (sol.t[j + 1] - sol.t[j]).item()
+            h = (sol.t[j + 1] - sol.t[j]).item()
             y = sol.y[j].reshape(-1)
             ks, inputs = [], []
             for i in range(tab.stages):
