@@ -6,6 +6,7 @@ whole trajectory; saves a plot if matplotlib is installed.
 
     python examples/spiral.py            # about 20 s of training on 2 CPU cores
     python examples/spiral.py --epochs 5 --plot ""    # a quick look, no plot
+    python examples/spiral.py --compare  # vanilla vs R_E vs R_E + R_S (Pal et al. 2021)
 """
 
 from __future__ import annotations
@@ -40,6 +41,59 @@ class VectorField(nn.Module):
         return self.net(z**3)
 
 
+def fit(args, truth: torch.Tensor, ts: torch.Tensor, regularize: str, verbose: bool) -> dict:
+    """Train one model; returns its figures. `regularize` is "", "error" or "error+stiffness"."""
+    torch.manual_seed(args.seed)
+    field = VectorField()
+    optimizer = torch.optim.RMSprop(field.parameters(), lr=1e-3)
+    solver = pyode.Tsit5()
+    window = ts[: args.batch_time]
+    regularization = None
+    if regularize:
+        regularization = pyode.Regularization(stiffness="sum" if "stiffness" in regularize else None)
+    if verbose:
+        print(f"{'epoch':>5} {'loss':>9} {'NFE/solve':>9} {'time (s)':>8}")
+    start = time.perf_counter()
+    for epoch in range(1, args.epochs + 1):
+        epoch_start, losses, nfe = time.perf_counter(), [], 0
+        for _ in range(args.iters_per_epoch):
+            starts = torch.randint(0, len(ts) - args.batch_time, (args.batch_size,))
+            batch_z0 = truth[starts]  # (batch, 2)
+            batch_truth = torch.stack([truth[starts + i] for i in range(args.batch_time)])  # (time, batch, 2)
+            prob = pyode.ODEProblem(field, batch_z0, (window[0], window[-1]))
+            sol = pyode.solve(
+                prob, solver, saveat=window, rtol=args.rtol, atol=args.atol, regularize=regularization or False
+            )
+            loss = (sol.y - batch_truth).abs().mean()
+            total = loss
+            if sol.error_estimate is not None:
+                total = total + args.error_weight * sol.error_estimate
+            if sol.stiffness_estimate is not None:
+                total = total + args.stiffness_weight * sol.stiffness_estimate
+            optimizer.zero_grad()
+            total.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            nfe += sol.stats.nfe
+        if verbose:
+            print(
+                f"{epoch:>5} {sum(losses) / len(losses):>9.4f} {nfe / args.iters_per_epoch:>9.1f} "
+                f"{time.perf_counter() - epoch_start:>8.2f}"
+            )
+    train_time = time.perf_counter() - start
+    with torch.no_grad():
+        z0 = truth[:1]
+        fit = pyode.solve(pyode.ODEProblem(field, z0, (0.0, 25.0)), solver, saveat=ts, rtol=args.rtol, atol=args.atol)
+    return {
+        "field": field,
+        "fit": fit,
+        "window_loss": sum(losses) / len(losses),
+        "full_loss": (fit.y[:, 0] - truth).abs().mean().item(),
+        "train_time": train_time,
+        "nfe": fit.stats.nfe,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=40)
@@ -49,51 +103,36 @@ def main() -> None:
     parser.add_argument("--rtol", type=float, default=1e-5)
     parser.add_argument("--atol", type=float, default=1e-6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--regularize", choices=["", "error", "error+stiffness"], default="")
+    parser.add_argument("--error-weight", type=float, default=1.0, help="weight of R_E in the loss")
+    parser.add_argument("--stiffness-weight", type=float, default=0.001, help="weight of R_S in the loss")
+    parser.add_argument("--compare", action="store_true", help="train vanilla, R_E and R_E + R_S models and tabulate")
     parser.add_argument("--plot", default="spiral.png", help="where to save the plot ('' for none)")
     args = parser.parse_args()
 
-    torch.manual_seed(args.seed)
     ts = torch.linspace(0.0, 25.0, 1000)
     z0 = torch.tensor([[2.0, 0.0]])
     truth = pyode.solve(pyode.ODEProblem(spiral, z0, (0.0, 25.0)), pyode.Tsit5(), saveat=ts, rtol=1e-7, atol=1e-9).y[
         :, 0
     ]
-
-    field = VectorField()
-    optimizer = torch.optim.RMSprop(field.parameters(), lr=1e-3)
-    solver = pyode.Tsit5()
-    window = ts[: args.batch_time]
-
     print(
-        f"pyode {pyode.__version__}: fitting the cubic spiral with {sum(p.numel() for p in field.parameters())} parameters"
+        f"pyode {pyode.__version__}: fitting the cubic spiral with {sum(p.numel() for p in VectorField().parameters())} parameters"
     )
-    print(f"{'epoch':>5} {'loss':>9} {'NFE/solve':>9} {'time (s)':>8}")
-    start = time.perf_counter()
-    for epoch in range(1, args.epochs + 1):
-        epoch_start, losses, nfe = time.perf_counter(), [], 0
-        for _ in range(args.iters_per_epoch):
-            starts = torch.randint(0, len(ts) - args.batch_time, (args.batch_size,))
-            batch_z0 = truth[starts]  # (batch, 2)
-            batch_truth = torch.stack([truth[starts + i] for i in range(args.batch_time)])  # (time, batch, 2)
-            prob = pyode.ODEProblem(field, batch_z0, (window[0], window[-1]))
-            sol = pyode.solve(prob, solver, saveat=window, rtol=args.rtol, atol=args.atol)
-            loss = (sol.y - batch_truth).abs().mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            nfe += sol.stats.nfe
-        print(
-            f"{epoch:>5} {sum(losses) / len(losses):>9.4f} {nfe / args.iters_per_epoch:>9.1f} "
-            f"{time.perf_counter() - epoch_start:>8.2f}"
-        )
-    train_time = time.perf_counter() - start
 
-    with torch.no_grad():
-        fit = pyode.solve(pyode.ODEProblem(field, z0, (0.0, 25.0)), solver, saveat=ts, rtol=args.rtol, atol=args.atol)
-    full_loss = (fit.y[:, 0] - truth).abs().mean().item()
+    if args.compare:
+        print(f"{'model':<18} {'window loss':>11} {'trajectory error':>16} {'train s':>8} {'prediction NFE':>14}")
+        for variant, name in (("", "vanilla"), ("error", "R_E"), ("error+stiffness", "R_E + R_S")):
+            r = fit(args, truth, ts, variant, verbose=False)
+            print(
+                f"{name:<18} {r['window_loss']:>11.4f} {r['full_loss']:>16.4f} {r['train_time']:>8.1f} {r['nfe']:>14}",
+                flush=True,
+            )
+        return
+
+    r = fit(args, truth, ts, args.regularize, verbose=True)
+    fit_sol, full_loss = r["fit"], r["full_loss"]
     print(
-        f"training: {train_time:.1f} s; whole trajectory: mean |error| {full_loss:.4f}, prediction NFE {fit.stats.nfe}"
+        f"training: {r['train_time']:.1f} s; whole trajectory: mean |error| {full_loss:.4f}, prediction NFE {r['nfe']}"
     )
 
     if args.plot:
@@ -108,11 +147,11 @@ def main() -> None:
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
         for k, name in enumerate(("x", "y")):
             ax1.plot(ts, truth[:, k], label=f"{name} true")
-            ax1.plot(ts, fit.y[:, 0, k], "--", label=f"{name} learned")
+            ax1.plot(ts, fit_sol.y[:, 0, k], "--", label=f"{name} learned")
         ax1.set_xlabel("t")
         ax1.legend()
         ax2.plot(truth[:, 0], truth[:, 1], label="true")
-        ax2.plot(fit.y[:, 0, 0], fit.y[:, 0, 1], "--", label="learned")
+        ax2.plot(fit_sol.y[:, 0, 0], fit_sol.y[:, 0, 1], "--", label="learned")
         ax2.set_aspect("equal")
         ax2.legend()
         fig.suptitle(f"cubic spiral: mean |error| {full_loss:.3f}")

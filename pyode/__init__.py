@@ -1,5 +1,6 @@
 """pyode: fast training of neural differential equations in PyTorch."""
 
+from . import nn as nn
 from .compat import odeint as odeint
 from .compat import odeint_adjoint as odeint_adjoint
 from .norms import make_seminorm as make_seminorm
