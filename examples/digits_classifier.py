@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--error-weight", type=float, default=1.0)
     parser.add_argument("--stiffness-weight", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plot", default="digits.png", help="where to save the plot ('' for none)")
     args = parser.parse_args()
     try:
         data = load(args.seed)
@@ -96,9 +97,33 @@ def main() -> None:
         return
     print(f"digits: {len(data[0][0])} training and {len(data[1][0])} test images; {args.epochs} epochs of Adam")
     print(f"{'training':<12} {'test accuracy':>13} {'train s':>8} {'prediction NFE':>14}")
+    results = {}
     for variant in ("vanilla", "regularized", "STEER"):
-        r = train(variant, args, data)
+        r = results[variant] = train(variant, args, data)
         print(f"{variant:<12} {r['accuracy']:>13.3f} {r['train_time']:>8.1f} {r['nfe']:>14}", flush=True)
+    if args.plot:
+        save_plot(results, args.plot)
+
+
+def save_plot(results: dict, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed; skipping the plot")
+        return
+    names = list(results)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3))
+    ax1.bar(names, [results[n]["accuracy"] for n in names])
+    ax1.set_ylim(0.9, 1.0)
+    ax1.set_title("test accuracy")
+    ax2.bar(names, [results[n]["nfe"] for n in names])
+    ax2.set_title("prediction NFE")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    print(f"saved {path}")
 
 
 if __name__ == "__main__":

@@ -107,6 +107,7 @@ def main() -> None:
         "--saves", type=int, default=1, help="save points in (0, 3]; few let the error test set the steps"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plot", default="hamiltonian.png", help="where to save the plot ('' for none)")
     args = parser.parse_args()
     generator = torch.Generator().manual_seed(args.seed)
     ts = torch.linspace(0.0, 3.0, args.saves + 1, dtype=torch.float64)[1:]
@@ -131,6 +132,21 @@ def main() -> None:
     for baseline in ("per-tensor", "full"):
         saved = 1 - results["seminorm"]["backward_nfe"] / results[baseline]["backward_nfe"]
         print(f"the seminorm saved {100 * saved:.0f}% of the backward evaluations against {names[baseline]}")
+    if args.plot:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            print("matplotlib is not installed; skipping the plot")
+            return
+        fig, ax = plt.subplots(figsize=(6, 3))
+        ax.barh([names[v] for v in results], [r["backward_nfe"] for r in results.values()])
+        ax.set_xlabel("backward evaluations of f, summed over training")
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=100)
+        print(f"saved {args.plot}")
 
 
 if __name__ == "__main__":

@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plot", default="irregular_timeseries.png", help="where to save the plot ('' for none)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
@@ -107,6 +108,35 @@ def main() -> None:
         f"at held-out times {(pred - clean)[held].pow(2).mean().item():.4f} "
         f"(signal variance {clean.var().item():.4f}); prediction NFE {sol.stats.nfe}; training {train_time:.1f} s"
     )
+    if args.plot:
+        save_plot(model, test, args.plot)
+
+
+def save_plot(model: LatentODE, test, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed; skipping the plot")
+        return
+    t, x, clean, observed, held = (a[:3] for a in test)
+    grid = torch.linspace(0.0, 5.0, 200)
+    with torch.no_grad():
+        z0 = model.encode(t, x, observed)
+        prob = pyode.ODEProblem(lambda s, z: model.dynamics(z), z0, (0.0, 5.0))
+        curves = model.readout(pyode.solve(prob, pyode.Tsit5(), saveat=grid, rtol=1e-4, atol=1e-6).y).squeeze(-1)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3), sharey=True)
+    for i, ax in enumerate(axes):
+        ax.plot(grid, curves[:, i], label="latent ODE")
+        ax.plot(t[i][observed[i]], x[i][observed[i]], "o", ms=3, label="observed")
+        ax.plot(t[i][held[i]], clean[i][held[i]], "x", label="held out")
+        ax.set_xlabel("t")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    print(f"saved {path}")
 
 
 if __name__ == "__main__":

@@ -82,3 +82,19 @@ def test_saveat_buffer_follows_the_module():
     model = NeuralODE(Field(), (0.0, 1.0), saveat=torch.linspace(0, 1, 3)).double()
     assert model.saveat.dtype == torch.float64
     assert "tspan=(0.0, 1.0)" in repr(model)
+
+
+def test_distributed_data_parallel(tmp_path):
+    """One-process DDP over gloo (loopback only): forward returns the Solution, gradients are
+    all-reduced into the parameters."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        model = NeuralODE(Field().double(), (0.0, 1.0), saveat=[1.0])
+        ddp = nn.parallel.DistributedDataParallel(model)
+        sol = ddp(torch.randn(4, 2, dtype=torch.float64))
+        sol.y.pow(2).mean().backward()
+        assert all(p.grad is not None for p in model.parameters())
+    finally:
+        dist.destroy_process_group()
