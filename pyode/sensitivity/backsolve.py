@@ -7,7 +7,15 @@ from dataclasses import dataclass
 import torch
 
 from ..problem import Stats
-from .glue import AbstractAdjoint, AdjointGradients, ForwardRecord, VectorField, adjoint_norm, solve_backward
+from .glue import (
+    AbstractAdjoint,
+    AdjointGradients,
+    ForwardRecord,
+    VectorField,
+    adjoint_norm,
+    solve_backward,
+    sweep,
+)
 
 
 @dataclass(frozen=True, repr=False)
@@ -44,16 +52,15 @@ class BacksolveAdjoint(AbstractAdjoint):
             z, a, _ = state
             return vf.vjp(t, z, -a)
 
-        ts, ys = record.ts, record.ys
-        a = torch.zeros_like(ys[0])
-        a_theta = a.new_zeros(sum(vf.sizes))
+        a_theta = record.ys.new_zeros(sum(vf.sizes))
         dt = None
-        for k in range(len(ts) - 1, -1, -1):
-            a = a + grad_ys[k]
-            t_to = ts[k - 1] if k > 0 else record.t0
-            if t_to == ts[k]:
-                continue
-            (_, a, a_theta), dt = solve_backward(
-                self, record, augmented, (ys[k], a, a_theta), ts[k], t_to, dt, norm, stats
-            )
+
+        def interval(k: int, t_from: float, t_to: float, a: torch.Tensor) -> torch.Tensor:
+            nonlocal a_theta, dt
+            # z restarts from the forward solution at each save point, as torchdiffeq does.
+            state = (record.ys[k], a, a_theta)
+            (_, a, a_theta), dt = solve_backward(self, record, augmented, state, t_from, t_to, dt, norm, stats)
+            return a
+
+        a = sweep(record, grad_ys, interval)
         return AdjointGradients(y0=a, params=a_theta, a_t0=a)

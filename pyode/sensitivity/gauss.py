@@ -7,7 +7,16 @@ from dataclasses import dataclass
 import torch
 
 from ..problem import Stats
-from .glue import AbstractAdjoint, AdjointGradients, ForwardRecord, VectorField, adjoint_norm, solve_backward
+from .glue import (
+    AbstractAdjoint,
+    AdjointGradients,
+    ForwardRecord,
+    VectorField,
+    adjoint_norm,
+    solve_backward,
+    state_and_adjoint,
+    sweep,
+)
 from .quadrature import QuadratureAccumulator, gauss_legendre
 
 
@@ -39,30 +48,22 @@ class GaussAdjoint(AbstractAdjoint):
         self, record: ForwardRecord, grad_ys: torch.Tensor, vf: VectorField, stats: Stats
     ) -> AdjointGradients:
         norm = adjoint_norm(self, n_groups=2, keep=2)
-        n = record.layout.numel
         solver = self.solver or record.solver
         x, w = gauss_legendre(self.nodes or max(1, (solver.order + 1) // 2))
-
-        def augmented(t: float, state: tuple) -> tuple:
-            z, a = state
-            fz, vjp_z, _ = vf.vjp(t, z, -a)
-            return fz, vjp_z
-
-        ts, ys = record.ts, record.ys
-        quad = QuadratureAccumulator(vf, n, stats, ys[0])
+        augmented = state_and_adjoint(vf)
+        quad = QuadratureAccumulator(vf, record.layout.numel, stats, record.ys[0])
 
         def on_step(t, h, s0, s1, r):
             # ∫_{t0}^{t1} is minus the sum over backward steps of ∫_t^{t+h}: weights -h/2 · w_i.
             quad.add(s0, r, t, h, [t + h * (1 + xi) / 2 for xi in x], [-h / 2 * wi for wi in w])
 
-        a = torch.zeros_like(ys[0])
         dt = None
-        for k in range(len(ts) - 1, -1, -1):
-            a = a + grad_ys[k]
-            t_to = ts[k - 1] if k > 0 else record.t0
-            if t_to == ts[k]:
-                continue
-            (_, a), dt = solve_backward(
-                self, record, augmented, (ys[k], a), ts[k], t_to, dt, norm, stats, on_step=on_step
-            )
+
+        def interval(k: int, t_from: float, t_to: float, a: torch.Tensor) -> torch.Tensor:
+            nonlocal dt
+            state = (record.ys[k], a)
+            (_, a), dt = solve_backward(self, record, augmented, state, t_from, t_to, dt, norm, stats, on_step=on_step)
+            return a
+
+        a = sweep(record, grad_ys, interval)
         return AdjointGradients(y0=a, params=quad.total, a_t0=a)

@@ -64,15 +64,16 @@ class VectorField:
             return self.layout.flatten(self.f(self.time(t, y), self.layout.unflatten(y)))
 
     def vjp(
-        self, t: float, y: torch.Tensor, cotangent: torch.Tensor, wrt_y: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """(f(t, y), cotangent·∂f/∂y (or None), cotangent·∂f/∂θ flat): one evaluation of f and
-        one backward pass through it."""
+        self, t: float, y: torch.Tensor, cotangent: torch.Tensor, wrt_y: bool = True, wrt_params: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(f(t, y), cotangent·∂f/∂y or None, cotangent·∂f/∂θ flat or None): one evaluation of
+        f and one backward pass through it, for the inputs asked for."""
         self.stats.nfe += 1
+        params = self.params if wrt_params else ()
         with torch.enable_grad():
             y_ = y.detach().requires_grad_(wrt_y)
             out = self.layout.flatten(self.f(self.time(t, y), self.layout.unflatten(y_)))
-            inputs = ((y_,) if wrt_y else ()) + self.params
+            inputs = ((y_,) if wrt_y else ()) + params
             if not inputs or not out.requires_grad:
                 grads: Sequence[torch.Tensor | None] = [None] * len(inputs)
             else:
@@ -81,7 +82,7 @@ class VectorField:
         if wrt_y:
             grad_y = grads[0] if grads[0] is not None else torch.zeros_like(y)
             grads = grads[1:]
-        return out.detach(), grad_y, self._flat_params(grads, y)
+        return out.detach(), grad_y, (self._flat_params(grads, y) if wrt_params else None)
 
     def _flat_params(self, grads: Sequence[torch.Tensor | None], like: torch.Tensor) -> torch.Tensor:
         if not self.params:
@@ -144,6 +145,31 @@ def backward_options(
             f"{type(sensealg).__name__}: the backward solver {solver!r} steps with a fixed dt, but the forward solve was adaptive; give an adaptive backward solver"
         )
     return make_options(prob, solver, dt=opts.dt, adaptive=False, **common)
+
+
+def sweep(record: ForwardRecord, grad_ys: torch.Tensor, solve_interval: Callable) -> torch.Tensor:
+    """Walk the save points from the last to t0: add dL/dy(t_k) to the adjoint a at each, then
+    carry a across the interval before it with `solve_interval(k, t_from, t_to, a) -> a`.
+    Returns a(t0)."""
+    ts = record.ts
+    a = torch.zeros_like(record.ys[0])
+    for k in range(len(ts) - 1, -1, -1):
+        a = a + grad_ys[k]
+        t_to = ts[k - 1] if k > 0 else record.t0
+        if t_to != ts[k]:
+            a = solve_interval(k, ts[k], t_to, a)
+    return a
+
+
+def state_and_adjoint(vf: VectorField) -> Callable:
+    """The vector field of [z, a] backward: dz/dt = f, da/dt = -a·∂f/∂z (no parameter VJP)."""
+
+    def augmented(t: float, state: tuple) -> tuple:
+        z, a = state
+        fz, vjp_z, _ = vf.vjp(t, z, -a, wrt_params=False)
+        return fz, vjp_z
+
+    return augmented
 
 
 def adjoint_norm(sensealg: AbstractAdjoint, n_groups: int, keep: int) -> Norm:

@@ -9,7 +9,15 @@ import torch
 
 from ..problem import ODEProblem, Stats
 from ..solve import SolveOptions, integrate, make_options
-from .glue import AbstractAdjoint, AdjointGradients, ForwardRecord, VectorField, adjoint_norm, solve_backward
+from .glue import (
+    AbstractAdjoint,
+    AdjointGradients,
+    ForwardRecord,
+    VectorField,
+    adjoint_norm,
+    solve_backward,
+    sweep,
+)
 
 
 @dataclass(frozen=True, repr=False)
@@ -42,28 +50,27 @@ class InterpolatingAdjoint(AbstractAdjoint):
         self, record: ForwardRecord, grad_ys: torch.Tensor, vf: VectorField, stats: Stats
     ) -> AdjointGradients:
         norm = adjoint_norm(self, n_groups=2, keep=1)
-        ts, ys = record.ts, record.ys
+        ys = record.ys
         y0 = record.layout.flatten(record.prob.y0).detach()
-        a = torch.zeros_like(ys[0])
-        a_theta = a.new_zeros(sum(vf.sizes))
+        a_theta = ys.new_zeros(sum(vf.sizes))
         dt = None
-        for k in range(len(ts) - 1, -1, -1):
-            a = a + grad_ys[k]
-            t_to = ts[k - 1] if k > 0 else record.t0
-            if t_to == ts[k]:
-                continue
+
+        def interval(k: int, t_from: float, t_to: float, a: torch.Tensor) -> torch.Tensor:
+            nonlocal a_theta, dt
             if self.checkpointing:
-                start = ys[k - 1] if k > 0 else y0
-                state_at = _recompute(record, start, t_to, ts[k], stats).at
+                state_at = _recompute(record, ys[k - 1] if k > 0 else y0, t_to, t_from, stats).at
             else:
                 state_at = record.solution.dense.at
 
-            def augmented(t: float, state: tuple, state_at=state_at) -> tuple:
+            def augmented(t: float, state: tuple) -> tuple:
                 a, _ = state
                 _, vjp_z, vjp_theta = vf.vjp(t, state_at(t), -a)
                 return vjp_z, vjp_theta
 
-            (a, a_theta), dt = solve_backward(self, record, augmented, (a, a_theta), ts[k], t_to, dt, norm, stats)
+            (a, a_theta), dt = solve_backward(self, record, augmented, (a, a_theta), t_from, t_to, dt, norm, stats)
+            return a
+
+        a = sweep(record, grad_ys, interval)
         return AdjointGradients(y0=a, params=a_theta, a_t0=a)
 
 

@@ -11,7 +11,16 @@ import torch
 
 from .. import interpolation
 from ..problem import Stats
-from .glue import AbstractAdjoint, AdjointGradients, ForwardRecord, VectorField, adjoint_norm, solve_backward
+from .glue import (
+    AbstractAdjoint,
+    AdjointGradients,
+    ForwardRecord,
+    VectorField,
+    adjoint_norm,
+    solve_backward,
+    state_and_adjoint,
+    sweep,
+)
 
 
 @functools.cache
@@ -88,22 +97,12 @@ class QuadratureAdjoint(AbstractAdjoint):
         self, record: ForwardRecord, grad_ys: torch.Tensor, vf: VectorField, stats: Stats
     ) -> AdjointGradients:
         norm = adjoint_norm(self, n_groups=2, keep=2)
-        n = record.layout.numel
-
-        def augmented(t: float, state: tuple) -> tuple:
-            z, a = state
-            fz, vjp_z, _ = vf.vjp(t, z, -a)
-            return fz, vjp_z
-
-        ts, ys = record.ts, record.ys
-        quad = QuadratureAccumulator(vf, n, stats, ys[0])
-        a = torch.zeros_like(ys[0])
+        augmented = state_and_adjoint(vf)
+        quad = QuadratureAccumulator(vf, record.layout.numel, stats, record.ys[0])
         dt = None
-        for k in range(len(ts) - 1, -1, -1):
-            a = a + grad_ys[k]
-            t_from, t_to = ts[k], (ts[k - 1] if k > 0 else record.t0)
-            if t_to == t_from:
-                continue
+
+        def interval(k: int, t_from: float, t_to: float, a: torch.Tensor) -> torch.Tensor:
+            nonlocal dt
             x, w = gauss_legendre(self.nodes(record, t_to, t_from))
             half, mid = (t_from - t_to) / 2, (t_from + t_to) / 2
             # Nodes in the order the backward solve meets them, with weights of ∫_{t_to}^{t_from}.
@@ -112,15 +111,17 @@ class QuadratureAdjoint(AbstractAdjoint):
                 key=lambda p: -(p[0] - t_to) / (t_from - t_to),
             )
 
-            def on_step(t, h, s0, s1, r, pending=pending):
+            def on_step(t, h, s0, s1, r):
                 end = t + h
                 inside = []
                 while pending and (pending[0][0] - end) * h <= 0:
                     inside.append(pending.pop(0))
                 quad.add(s0, r, t, h, [p[0] for p in inside], [p[1] for p in inside])
 
-            (_, a), dt = solve_backward(
-                self, record, augmented, (ys[k], a), t_from, t_to, dt, norm, stats, on_step=on_step
-            )
+            state = (record.ys[k], a)
+            (_, a), dt = solve_backward(self, record, augmented, state, t_from, t_to, dt, norm, stats, on_step=on_step)
             assert not pending, "every quadrature node lies inside the interval"
+            return a
+
+        a = sweep(record, grad_ys, interval)
         return AdjointGradients(y0=a, params=quad.total, a_t0=a)
