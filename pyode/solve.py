@@ -20,6 +20,7 @@ from .problem import ODEProblem, ReturnCode, Solution, SolveError, State, Stats
 from .regularizers import Accumulator, Regularization
 from .regularizers import check as check_regularization
 from .solvers.base import AbstractSolver
+from .solvers.reversible import AbstractReversibleSolver
 from .step_control import PIController, initial_step
 
 _EPS = 2.220446049250313e-16  # float64 machine epsilon: host-side time arithmetic is float64
@@ -225,8 +226,6 @@ def make_options(
             t1,
         )[0]
     )
-    from .solvers.reversible import AbstractReversibleSolver
-
     if isinstance(solver, AbstractReversibleSolver):
         # No dense interpolant: the steps land on the save points instead.
         if dense:
@@ -422,7 +421,15 @@ def integrate(
         elif save_i > j0:
             saved_before = len(out_y)
             out_t.extend(saves[j0:save_i])
-            if opts.saveat_tensor is not None:
+            if not stepper.interpolates:
+                # Such steppers land on every save point: exactly one, at the step's end.
+                assert save_i - j0 == 1 and saves[j0] == t_new, "save points are steps' ends"
+                y_save = output(y_new)
+                if opts.saveat_tensor is not None and grad_enabled:
+                    # The value is y(t_k); its derivative with respect to its save time is f(t_k, y_k).
+                    y_save = torch.add(y_save, f(t_new, y_save) * (opts.saveat_tensor[j0] - t_new).to(dtype))
+                out_y.append(y_save.unsqueeze(0))
+            elif opts.saveat_tensor is not None:
                 theta = ((opts.saveat_tensor[j0:save_i] - t) / h).to(dtype)
                 out_y.append(interpolation.evaluate(y, r, theta))
             else:
@@ -529,7 +536,6 @@ def solve(
         ValueError, TypeError: bad input, named in the message.
     """
     from .sensitivity import AbstractSensitivityAlgorithm, DirectAdjoint, ReversibleAdjoint
-    from .solvers.reversible import AbstractReversibleSolver
 
     if sensealg is None:
         sensealg = ReversibleAdjoint() if isinstance(solver, AbstractReversibleSolver) else DirectAdjoint()

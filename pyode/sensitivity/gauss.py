@@ -7,12 +7,14 @@ from dataclasses import dataclass
 import torch
 
 from ..problem import Stats
+from ..solvers.base import AbstractSolver
 from .glue import (
     AbstractAdjoint,
     AdjointGradients,
     ForwardRecord,
     VectorField,
     adjoint_norm,
+    require_dense,
     solve_backward,
     state_and_adjoint,
     sweep,
@@ -43,6 +45,9 @@ class GaussAdjoint(AbstractAdjoint):
     def __post_init__(self) -> None:
         if self.nodes is not None and (not isinstance(self.nodes, int) or self.nodes < 1):
             raise ValueError(f"GaussAdjoint: nodes must be a positive integer; got {self.nodes}")
+
+    def check_solvers(self, forward: AbstractSolver, backward: AbstractSolver) -> None:
+        require_dense(self, backward, "backward")
 
     def backward_sweep(
         self, record: ForwardRecord, grad_ys: torch.Tensor, vf: VectorField, stats: Stats

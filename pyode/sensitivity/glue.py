@@ -147,6 +147,22 @@ def backward_options(
     return make_options(prob, solver, dt=opts.dt, adaptive=False, **common)
 
 
+def require_dense(algorithm: AbstractAdjoint, solver: AbstractSolver, role: str) -> None:
+    """Quadrature nodes and interpolated states are read from dense output."""
+    from ..solvers.reversible import AbstractReversibleSolver
+
+    if isinstance(solver, AbstractReversibleSolver):
+        fix = (
+            f"pass {type(algorithm).__name__}(solver=Tsit5()) for the backward solve"
+            if role == "backward"
+            else "solve forward with a Runge–Kutta solver such as Tsit5()"
+        )
+        raise TypeError(
+            f"{type(algorithm).__name__} reads dense output of its {role} solve, which {solver!r} does not have; "
+            f"{fix}, or use ReversibleAdjoint"
+        )
+
+
 def sweep(record: ForwardRecord, grad_ys: torch.Tensor, solve_interval: Callable) -> torch.Tensor:
     """Walk the save points from the last to t0: add dL/dy(t_k) to the adjoint a at each, then
     carry a across the interval before it with `solve_interval(k, t_from, t_to, a) -> a`.
@@ -230,6 +246,9 @@ class AbstractAdjoint(AbstractSensitivityAlgorithm):
         """The forward solve's options (an algorithm may keep dense output, say)."""
         return opts
 
+    def check_solvers(self, forward: AbstractSolver, backward: AbstractSolver) -> None:
+        """Fail clearly for solvers the algorithm cannot use (all are fine by default)."""
+
     def forward_hook(self) -> tuple[Callable | None, Any]:
         """A per-step hook for the forward solve and the object it fills (kept in the record)."""
         return None, None
@@ -242,6 +261,7 @@ class AbstractAdjoint(AbstractSensitivityAlgorithm):
             )
         if self.solver is not None and not isinstance(self.solver, AbstractSolver):
             raise TypeError(f"{type(self).__name__}: solver must be a pyode solver; got {self.solver!r}")
+        self.check_solvers(solver, self.solver or solver)
         layout = StateLayout(prob.y0)
         y0 = layout.flatten(prob.y0)
         params = tuple(p for p in prob.params if p.requires_grad)

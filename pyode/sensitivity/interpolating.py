@@ -9,12 +9,14 @@ import torch
 
 from ..problem import ODEProblem, Stats
 from ..solve import SolveOptions, integrate, make_options
+from ..solvers.base import AbstractSolver
 from .glue import (
     AbstractAdjoint,
     AdjointGradients,
     ForwardRecord,
     VectorField,
     adjoint_norm,
+    require_dense,
     solve_backward,
     sweep,
 )
@@ -45,6 +47,9 @@ class InterpolatingAdjoint(AbstractAdjoint):
 
     def forward_options(self, opts: SolveOptions) -> SolveOptions:
         return opts if self.checkpointing else dataclasses.replace(opts, dense=True)
+
+    def check_solvers(self, forward: AbstractSolver, backward: AbstractSolver) -> None:
+        require_dense(self, forward, "forward")
 
     def backward_sweep(
         self, record: ForwardRecord, grad_ys: torch.Tensor, vf: VectorField, stats: Stats

@@ -11,12 +11,14 @@ import torch
 
 from .. import interpolation
 from ..problem import Stats
+from ..solvers.base import AbstractSolver
 from .glue import (
     AbstractAdjoint,
     AdjointGradients,
     ForwardRecord,
     VectorField,
     adjoint_norm,
+    require_dense,
     solve_backward,
     state_and_adjoint,
     sweep,
@@ -92,6 +94,9 @@ class QuadratureAdjoint(AbstractAdjoint):
         span = abs(record.ts[-1] - record.t0) or 1.0
         n = math.ceil(self.C * record.solution.stats.nfe * abs(t_b - t_a) / span)
         return min(max(n, 1), self.max_nodes)
+
+    def check_solvers(self, forward: AbstractSolver, backward: AbstractSolver) -> None:
+        require_dense(self, backward, "backward")
 
     def backward_sweep(
         self, record: ForwardRecord, grad_ys: torch.Tensor, vf: VectorField, stats: Stats

@@ -99,3 +99,41 @@ def test_peak_memory_does_not_grow_with_steps():
     assert direct_200 > 5 * direct_20  # the comparison measures what it should
     assert reversible_200 < 1.5 * max(reversible_20, 1)
     assert reversible_200 < direct_200 / 10
+
+
+@pytest.mark.parametrize("sensealg", [pyode.DirectAdjoint(), pyode.ReversibleAdjoint()], ids=repr)
+def test_save_time_gradients(sensealg):
+    # y' = -w y: dL/dt_k = f(t_k, y_k) for each save time (t0 is a plain number here).
+    w = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    ts = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64, requires_grad=True)
+    prob = pyode.ODEProblem(lambda t, y: -w * y, torch.ones(1, dtype=torch.float64), (0.0, 1.0), params=[w])
+    sol = pyode.solve(prob, pyode.ReversibleHeun(), dt=0.01, adaptive=False, saveat=ts, sensealg=sensealg)
+    sol.y.sum().backward()
+    torch.testing.assert_close(ts.grad, -0.5 * sol.y.detach().reshape(-1), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize(
+    "sensealg, match",
+    [
+        (pyode.GaussAdjoint(), r"dense output of its backward solve.*GaussAdjoint\(solver=Tsit5\(\)\)"),
+        (pyode.QuadratureAdjoint(), "dense output of its backward solve"),
+        (pyode.InterpolatingAdjoint(), "dense output of its forward solve.*Runge–Kutta solver"),
+    ],
+)
+def test_adjoints_that_need_dense_output_say_so(sensealg, match):
+    w = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    prob = pyode.ODEProblem(lambda t, y: -w * y, torch.ones(1, dtype=torch.float64), (0.0, 1.0), params=[w])
+    with pytest.raises(TypeError, match=match):
+        pyode.solve(prob, pyode.ReversibleHeun(), dt=0.1, adaptive=False, sensealg=sensealg)
+    # With a dense backward solver the quadrature adjoints work from a reversible forward solve.
+    if not isinstance(sensealg, pyode.InterpolatingAdjoint):
+        sol = pyode.solve(
+            prob,
+            pyode.ReversibleHeun(),
+            dt=0.01,
+            adaptive=False,
+            saveat=[1.0],
+            sensealg=type(sensealg)(solver=pyode.Tsit5()),
+        )
+        sol.y.sum().backward()
+        assert w.grad is not None
