@@ -10,6 +10,7 @@ import torch
 
 from ..problem import ODEProblem
 from ..solve import integrate
+from ..solvers.reversible import AbstractReversibleSolver
 from .base import AbstractSensitivityAlgorithm
 
 if TYPE_CHECKING:
@@ -65,6 +66,11 @@ class DirectAdjoint(AbstractSensitivityAlgorithm):
             f0 = _derivative(prob, t0, prob.y0)
             extra_nfe += 1
             prob = dataclasses.replace(prob, y0=_map(lambda y, f: _TimeShift.apply(y, t0, f, -1.0), prob.y0, f0))
+        if self.checkpoint_every is not None and isinstance(solver, AbstractReversibleSolver):
+            raise ValueError(
+                f"DirectAdjoint(checkpoint_every=...) replays steps from the user's state, but {solver!r} carries more "
+                "state than that; use ReversibleAdjoint(), whose memory is constant anyway"
+            )
         if self.checkpoint_every is not None and opts.regularize is not None:
             raise ValueError(
                 "DirectAdjoint(checkpoint_every=...) cannot differentiate the regularizers; leave checkpointing off"

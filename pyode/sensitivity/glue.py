@@ -308,6 +308,7 @@ class _AdjointFunction(torch.autograd.Function):
         )
         ctx.wants = (t0 is not None, t1 is not None, saveat is not None)
         ctx.saveat_dtype = saveat.dtype if saveat is not None else None
+        ctx.saveat_device = saveat.device if saveat is not None else None
         ctx.time_dtypes = (t0.dtype if t0 is not None else None, t1.dtype if t1 is not None else None)
         return ys
 
@@ -328,8 +329,8 @@ class _AdjointFunction(torch.autograd.Function):
                 rates = torch.stack([vf(t, y) for t, y in zip(ts, record.ys)])
                 per_save = (grad_ys * rates).sum(dim=1)
                 if wants_saveat:
-                    grad_saveat = torch.zeros(len(record.opts.saveat), dtype=ctx.saveat_dtype, device=grad_ys.device)
-                    grad_saveat[: len(ts)] = per_save.to(ctx.saveat_dtype)
+                    grad_saveat = torch.zeros(len(record.opts.saveat), dtype=ctx.saveat_dtype, device=ctx.saveat_device)
+                    grad_saveat[: len(ts)] = per_save.to(dtype=ctx.saveat_dtype, device=ctx.saveat_device)
                 if wants_t1 and record.opts.saveat is None:
                     # Every step saved: the last output is y(t1) itself.
                     grad_t1 = per_save[-1].to(ctx.time_dtypes[1])

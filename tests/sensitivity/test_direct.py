@@ -212,3 +212,11 @@ def test_checkpointing_bounds_memory():
 def test_checkpoint_every_must_be_positive():
     with pytest.raises(ValueError, match="checkpoint_every"):
         pyode.DirectAdjoint(checkpoint_every=0)
+
+
+def test_checkpointing_refuses_reversible_solvers():
+    prob = pyode.ODEProblem(lambda t, y: -y, torch.ones(2, dtype=torch.float64, requires_grad=True), (0.0, 1.0))
+    with pytest.raises(ValueError, match="carries more state"):
+        pyode.solve(
+            prob, pyode.ReversibleHeun(), dt=0.1, adaptive=False, sensealg=pyode.DirectAdjoint(checkpoint_every=2)
+        )
