@@ -275,8 +275,11 @@ def integrate(
 ) -> Solution:
     """Run the forward loop; autograd records it unless the caller disabled grad.
 
-    `on_step(t, h, y_n, y_n+1, r)` is called after every accepted step with the step's dense
-    coefficients r (see `interpolation.py`): the step record that quadrature adjoints read.
+    `on_step(t, h, s_n, s_n+1, r)` is called after every accepted step with the stepper's state
+    before and after it (the flat user state for Runge–Kutta methods) and the step's dense
+    coefficients r (see `interpolation.py`; None for steppers without an interpolant): the step
+    record that the quadrature and reversible adjoints read. The regularizers read the same
+    record inside the loop.
     """
     layout = StateLayout(prob.y0)
     y0 = layout.flatten(prob.y0)

@@ -82,9 +82,10 @@ class VectorField:
         if wrt_y:
             grad_y = grads[0] if grads[0] is not None else torch.zeros_like(y)
             grads = grads[1:]
-        return out.detach(), grad_y, (self._flat_params(grads, y) if wrt_params else None)
+        return out.detach(), grad_y, (self.flat_params(grads, y) if wrt_params else None)
 
-    def _flat_params(self, grads: Sequence[torch.Tensor | None], like: torch.Tensor) -> torch.Tensor:
+    def flat_params(self, grads: Sequence[torch.Tensor | None], like: torch.Tensor) -> torch.Tensor:
+        """Gradients for `params` (None where a parameter was unused) as one flat vector."""
         if not self.params:
             return like.new_zeros(0)
         return torch.cat(

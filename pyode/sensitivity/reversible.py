@@ -98,7 +98,7 @@ class ReversibleAdjoint(AbstractAdjoint):
                 s = previous.detach().requires_grad_(True)
                 grads = vjp(stepper.step(t, s, h).y1, (s, *params), a)
             a = grads[0] if grads[0] is not None else torch.zeros_like(a)
-            theta += vf._flat_params(grads[1:], theta)
+            theta += vf.flat_params(grads[1:], theta)
             stats.naccept += 1
             state = previous
             a = add_saves(t, state, a)
@@ -106,6 +106,6 @@ class ReversibleAdjoint(AbstractAdjoint):
         with torch.enable_grad():
             y = y0.clone().requires_grad_(True)
             grads = vjp(stepper.init(record.t0, y, f(record.t0, y)), (y, *params), a)
-        theta += vf._flat_params(grads[1:], theta)
+        theta += vf.flat_params(grads[1:], theta)
         grad_y0 = grads[0] if grads[0] is not None else torch.zeros_like(y0)
         return AdjointGradients(y0=grad_y0, params=theta, a_t0=grad_y0)
