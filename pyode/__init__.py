@@ -1,5 +1,13 @@
 """pyode: fast training of neural differential equations in PyTorch."""
 
+# The Julia engine's juliacall must be imported before torch (JULIA-NOTES §1.5). With
+# PYODE_JULIA=1 it is, here; otherwise `import pyode` never starts Julia.
+from .backends.julia import _runtime as _julia_runtime
+
+if _julia_runtime.wanted_at_import():
+    _julia_runtime.import_at_startup()
+
+from . import julia as julia
 from . import nn as nn
 from .compat import odeint as odeint
 from .compat import odeint_adjoint as odeint_adjoint

@@ -29,6 +29,10 @@ class ReturnCode(enum.Enum):
         "blow up, have a singularity, or be stiff (an explicit method then needs tiny steps)"
     )
     Unstable = "the solution became NaN or Inf"
+    # The codes below come only from the Julia engine (SciMLBase's ReturnCode of the same name).
+    DtNaN = "the step size became NaN: f returned NaN or Inf"
+    Terminated = "the solve was stopped before the end of the time span, successfully"
+    Failure = "the Julia solver failed with a return code pyode has no name for (see the message)"
 
     @property
     def message(self) -> str:
@@ -36,7 +40,7 @@ class ReturnCode(enum.Enum):
 
     @property
     def successful(self) -> bool:
-        return self is ReturnCode.Success
+        return self in (ReturnCode.Success, ReturnCode.Terminated)
 
 
 class SolveError(RuntimeError):

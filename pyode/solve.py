@@ -498,6 +498,7 @@ def solve(
     regularize: bool | Regularization = False,
     sensealg: Any = None,
     throw: bool = True,
+    backend: str = "torch",
 ) -> Solution:
     """Integrate `prob.f` over `prob.tspan` starting at `prob.y0`.
 
@@ -530,6 +531,9 @@ def solve(
             See `pyode/sensitivity/README.md` for when to choose which.
         throw: raise `SolveError` on failure; if False, return the partial solution, whose
             `retcode` says what went wrong.
+        backend: "torch" (the native engine) or "julia": OrdinaryDiffEq and SciMLSensitivity
+            through juliacall, for a vector field given as a `pyode.julia.Chain` (see
+            `pyode/backends/julia/`; it needs Julia, and refuses what it cannot do by name).
 
     Returns:
         A `Solution` with `t`, `y`, `stats` and `retcode`.
@@ -540,6 +544,8 @@ def solve(
     """
     from .sensitivity import AbstractSensitivityAlgorithm, DirectAdjoint, ReversibleAdjoint
 
+    if backend not in ("torch", "julia"):
+        raise ValueError(f'backend must be "torch" or "julia"; got {backend!r}')
     if sensealg is None:
         sensealg = ReversibleAdjoint() if isinstance(solver, AbstractReversibleSolver) else DirectAdjoint()
     elif not isinstance(sensealg, AbstractSensitivityAlgorithm):
@@ -564,6 +570,12 @@ def solve(
         time_dtype=time_dtype,
         regularize=regularize,
     )
+    if backend == "julia":
+        from .backends.julia._solve import solve_julia
+
+        # What the user set explicitly: the Julia engine keeps SciML's defaults for the rest.
+        given = dict(dtmin=dtmin, dtmax=dtmax, internalnorm=internalnorm, controller=controller, dense=dense)
+        return solve_julia(prob, solver, opts, sensealg, throw=throw, given=given, regularize=regularize)
     return sensealg.solve(prob, solver, opts, throw=throw)
 
 

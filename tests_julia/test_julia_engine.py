@@ -1,0 +1,132 @@
+"""The Julia engine against the torch engine, on real Julia (skipped without it).
+
+Written where no Julia runtime can be installed, so not yet run: see the README's engine
+table. Tolerances: adaptive solves are compared at rtol 1e-10 (both engines' global errors are
+then near 1e-9, so 1e-7 between them is the tolerance times the growth, with room); fixed
+steps run the same tableau on the same grid, so they agree to rounding (1e-11).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from .julia_status import JULIA_OK, WHY_NOT
+
+pytestmark = pytest.mark.skipif(not JULIA_OK, reason=WHY_NOT)
+
+if JULIA_OK:
+    import torch
+
+    import pyode
+    from pyode.backends.julia import load
+    from pyode.julia import Chain, Dense
+
+ADAPTIVE = ["BS3", "DP5", "Tsit5", "DP8"]
+FIXED = ["Euler", "Midpoint", "Heun", "RK4"]
+SENSEALGS = ["DirectAdjoint", "BacksolveAdjoint", "InterpolatingAdjoint", "GaussAdjoint"]
+
+
+def problem(dtype=None, batch=(3,)):
+    dtype = dtype or torch.float64
+    torch.manual_seed(0)
+    vf = Chain(Dense(2, 32, "tanh"), Dense(32, 2), dtype=dtype)
+    y0 = torch.randn(*batch, 2, dtype=dtype, requires_grad=True)
+    return vf, y0, pyode.ODEProblem(vf, y0, (0.0, 1.0))
+
+
+@pytest.mark.parametrize("name", ADAPTIVE)
+def test_adaptive_solves_agree(name):
+    _, _, prob = problem()
+    ts = torch.linspace(0, 1, 11)
+    kw = dict(saveat=ts, rtol=1e-10, atol=1e-12)
+    jl = pyode.solve(prob, getattr(pyode, name)(), backend="julia", **kw)
+    pt = pyode.solve(prob, getattr(pyode, name)(), **kw)
+    assert jl.retcode is pyode.ReturnCode.Success
+    torch.testing.assert_close(jl.t, pt.t)
+    torch.testing.assert_close(jl.y, pt.y, rtol=1e-7, atol=1e-7)
+    assert jl.stats.nfe > 0 and jl.stats.naccept > 0
+
+
+@pytest.mark.parametrize("name", FIXED)
+def test_fixed_step_solves_agree_to_rounding(name):
+    _, _, prob = problem()
+    ts = torch.linspace(0, 1, 6)  # every second step of dt = 0.1
+    jl = pyode.solve(prob, getattr(pyode, name)(), dt=0.1, saveat=ts, backend="julia")
+    pt = pyode.solve(prob, getattr(pyode, name)(), dt=0.1, saveat=ts)
+    torch.testing.assert_close(jl.y, pt.y, rtol=1e-11, atol=1e-11)
+    assert jl.stats.naccept == pt.stats.naccept == 10
+
+
+@pytest.mark.parametrize("sensealg", SENSEALGS)
+def test_gradients_agree_with_direct_backprop_on_the_torch_engine(sensealg):
+    vf, y0, prob = problem()
+    ts = torch.linspace(0, 1, 5)
+    weights = torch.randn(5, 3, 2, dtype=torch.float64)
+    kw = dict(saveat=ts, rtol=1e-10, atol=1e-12)
+    jl = pyode.solve(prob, pyode.Tsit5(), backend="julia", sensealg=getattr(pyode, sensealg)(), **kw)
+    pt = pyode.solve(prob, pyode.Tsit5(), sensealg=pyode.DirectAdjoint(), **kw)
+    g_jl = torch.autograd.grad((jl.y * weights).sum(), (vf.theta, y0))
+    g_pt = torch.autograd.grad((pt.y * weights).sum(), (vf.theta, y0))
+    for a, b in zip(g_jl, g_pt):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    if sensealg != "DirectAdjoint":
+        assert jl.adjoint_stats.nfe > 0
+
+
+@pytest.mark.parametrize("sensealg", ["BacksolveAdjoint", "InterpolatingAdjoint"])
+def test_seminorm_does_not_raise_backward_nfe(sensealg):
+    counts = {}
+    for seminorm in (False, True):
+        _, _, prob = problem(batch=(16,))
+        sol = pyode.solve(
+            prob,
+            pyode.Tsit5(),
+            saveat=torch.linspace(0, 1, 5),
+            rtol=1e-6,
+            atol=1e-8,
+            backend="julia",
+            sensealg=getattr(pyode, sensealg)(seminorm=seminorm),
+        )
+        sol.y.pow(2).sum().backward()
+        counts[seminorm] = sol.adjoint_stats.nfe
+    print(f"{sensealg}: backward NFE full norm {counts[False]}, seminorm {counts[True]}")
+    assert counts[True] <= counts[False]
+
+
+def test_failed_solve_returns_partial_solution():
+    _, _, prob = problem()
+    ts = torch.linspace(0, 1, 11)
+    sol = pyode.solve(prob, pyode.Tsit5(), saveat=ts, rtol=1e-12, max_steps=3, throw=False, backend="julia")
+    assert sol.retcode is pyode.ReturnCode.MaxIters
+    assert len(sol.t) < 11 and sol.y.shape[0] == len(sol.t)
+    with pytest.raises(pyode.SolveError, match="MaxIters"):
+        pyode.solve(prob, pyode.Tsit5(), saveat=ts, rtol=1e-12, max_steps=3, backend="julia")
+
+
+def test_float32():
+    _, _, prob = problem(torch.float32)
+    jl = pyode.solve(prob, pyode.Tsit5(), saveat=torch.linspace(0, 1, 5), backend="julia")
+    pt = pyode.solve(prob, pyode.Tsit5(), saveat=torch.linspace(0, 1, 5))
+    assert jl.y.dtype == torch.float32
+    torch.testing.assert_close(jl.y, pt.y, rtol=1e-4, atol=1e-4)
+
+
+def test_numpy_buffers_reach_julia_without_copy():
+    module = load()
+    a = np.zeros(3)
+    assert "PyArray" in str(module.argument_type(a))
+    module.write_entry_b(a, 2, 5.0)  # write_entry! in Julia; juliacall spells ! as _b
+    assert a[1] == 5.0
+
+
+def test_julia_arrays_come_back_as_views():
+    import juliacall
+
+    from pyode.backends.julia import _marshal
+
+    x = juliacall.Main.seval("zeros(3, 2)")  # a column-major Julia Matrix
+    ys = _marshal.from_julia_matrix(x, 3, torch.float64, "x")
+    assert ys.shape == (2, 3) and ys.is_contiguous()
+    x[2, 1] = 5.0  # juliacall indexes from 0: Julia's x[3, 2]
+    assert ys[1, 2].item() == 5.0
