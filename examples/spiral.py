@@ -6,7 +6,7 @@ whole trajectory; saves a plot if matplotlib is installed.
 
     python examples/spiral.py            # about 20 s of training on 2 CPU cores
     python examples/spiral.py --epochs 5 --plot ""    # a quick look, no plot
-    python examples/spiral.py --compare  # vanilla vs R_E vs R_E + R_S (Pal et al. 2021)
+    python examples/spiral.py --compare  # vanilla vs R_E vs R_E + R_S (Pal et al. 2021) vs local R_E
 """
 
 from __future__ import annotations
@@ -41,15 +41,20 @@ class VectorField(nn.Module):
         return self.net(z**3)
 
 
-def fit(args, truth: torch.Tensor, ts: torch.Tensor, regularize: str, verbose: bool) -> dict:
-    """Train one model; returns its figures. `regularize` is "", "error" or "error+stiffness"."""
+def fit(args, truth: torch.Tensor, ts: torch.Tensor, regularize: str, verbose: bool, sensealg: str = "") -> dict:
+    """Train one model; returns its figures. `regularize` is "", "error", "error+stiffness" or
+    "local" (LocalRegularization's R_E); `sensealg` names a pyode gradient method ("" for the
+    default, DirectAdjoint)."""
     torch.manual_seed(args.seed)
     field = VectorField()
     optimizer = torch.optim.RMSprop(field.parameters(), lr=1e-3)
     solver = pyode.Tsit5()
     window = ts[: args.batch_time]
     regularization = None
-    if regularize:
+    sensealg = getattr(pyode, sensealg)() if sensealg else None
+    if regularize == "local":
+        regularization = pyode.LocalRegularization(stiffness=False)
+    elif regularize:
         regularization = pyode.Regularization(stiffness="sum" if "stiffness" in regularize else None)
     if verbose:
         print(f"{'epoch':>5} {'loss':>9} {'NFE/solve':>9} {'time (s)':>8}")
@@ -62,12 +67,19 @@ def fit(args, truth: torch.Tensor, ts: torch.Tensor, regularize: str, verbose: b
             batch_truth = torch.stack([truth[starts + i] for i in range(args.batch_time)])  # (time, batch, 2)
             prob = pyode.ODEProblem(field, batch_z0, (window[0], window[-1]))
             sol = pyode.solve(
-                prob, solver, saveat=window, rtol=args.rtol, atol=args.atol, regularize=regularization or False
+                prob,
+                solver,
+                saveat=window,
+                rtol=args.rtol,
+                atol=args.atol,
+                regularize=regularization or False,
+                sensealg=sensealg,
             )
             loss = (sol.y - batch_truth).abs().mean()
             total = loss
             if sol.error_estimate is not None:
-                total = total + args.error_weight * sol.error_estimate
+                weight = args.local_weight if regularize == "local" else args.error_weight
+                total = total + weight * sol.error_estimate
             if sol.stiffness_estimate is not None:
                 total = total + args.stiffness_weight * sol.stiffness_estimate
             optimizer.zero_grad()
@@ -103,7 +115,9 @@ def main() -> None:
     parser.add_argument("--rtol", type=float, default=1e-5)
     parser.add_argument("--atol", type=float, default=1e-6)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--regularize", choices=["", "error", "error+stiffness"], default="")
+    parser.add_argument("--regularize", choices=["", "error", "error+stiffness", "local"], default="")
+    parser.add_argument("--sensealg", default="", help="a pyode gradient method, e.g. GaussAdjoint (default Direct)")
+    parser.add_argument("--local-weight", type=float, default=100.0, help="weight of the local R_E in the loss")
     parser.add_argument("--error-weight", type=float, default=1.0, help="weight of R_E in the loss")
     parser.add_argument("--stiffness-weight", type=float, default=0.001, help="weight of R_S in the loss")
     parser.add_argument("--compare", action="store_true", help="train vanilla, R_E and R_E + R_S models and tabulate")
@@ -121,15 +135,22 @@ def main() -> None:
 
     if args.compare:
         print(f"{'model':<18} {'window loss':>11} {'trajectory error':>16} {'train s':>8} {'prediction NFE':>14}")
-        for variant, name in (("", "vanilla"), ("error", "R_E"), ("error+stiffness", "R_E + R_S")):
-            r = fit(args, truth, ts, variant, verbose=False)
+        variants = (
+            ("", "", "vanilla"),
+            ("error", "", "R_E"),
+            ("error+stiffness", "", "R_E + R_S"),
+            ("", "GaussAdjoint", "vanilla, Gauss"),
+            ("local", "GaussAdjoint", "local R_E, Gauss"),
+        )
+        for variant, sensealg, name in variants:
+            r = fit(args, truth, ts, variant, verbose=False, sensealg=sensealg)
             print(
                 f"{name:<18} {r['window_loss']:>11.4f} {r['full_loss']:>16.4f} {r['train_time']:>8.1f} {r['nfe']:>14}",
                 flush=True,
             )
         return
 
-    r = fit(args, truth, ts, args.regularize, verbose=True)
+    r = fit(args, truth, ts, args.regularize, verbose=True, sensealg=args.sensealg)
     fit_sol, full_loss = r["fit"], r["full_loss"]
     print(
         f"training: {r['train_time']:.1f} s; whole trajectory: mean |error| {full_loss:.4f}, prediction NFE {r['nfe']}"

@@ -20,6 +20,7 @@ from .problem import ReturnCode as ReturnCode
 from .problem import Solution as Solution
 from .problem import SolveError as SolveError
 from .problem import Stats as Stats
+from .regularizers import LocalRegularization as LocalRegularization
 from .regularizers import Regularization as Regularization
 from .sensitivity import BacksolveAdjoint as BacksolveAdjoint
 from .sensitivity import DirectAdjoint as DirectAdjoint

@@ -173,6 +173,7 @@ class Solution:
         dt_next: the step size the controller proposed after the last step (to continue a solve).
         error_estimate, stiffness_estimate: the regularizers R_E and R_S (0-d tensors) when
             solved with `regularize=...`; None otherwise.
+        regularization_time: the time t_s of the local step, with `LocalRegularization`.
     """
 
     t: torch.Tensor
@@ -186,6 +187,7 @@ class Solution:
     dt_next: float | None = None
     error_estimate: torch.Tensor | None = None
     stiffness_estimate: torch.Tensor | None = None
+    regularization_time: float | None = None
 
     def __call__(self, t: TimeLike) -> State:
         """The solution at any time(s) in the span by dense interpolation.

@@ -7,6 +7,7 @@ so a stage combination is one matrix-vector product over the stacked stages.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -17,7 +18,7 @@ from . import interpolation
 from .interpolation import DenseOutput
 from .norms import Norm, max_norm, rms_norm
 from .problem import ODEProblem, ReturnCode, Solution, SolveError, State, Stats
-from .regularizers import Accumulator, Regularization
+from .regularizers import Accumulator, LocalRegularization, Regularization, local_estimates
 from .regularizers import check as check_regularization
 from .solvers.base import AbstractSolver
 from .solvers.reversible import AbstractReversibleSolver
@@ -245,7 +246,9 @@ def make_options(
     elif regularize is False or regularize is None:
         regularize = None
     elif not isinstance(regularize, Regularization):
-        raise TypeError(f"regularize must be True, False or a pyode.Regularization; got {regularize!r}")
+        raise TypeError(
+            f"regularize must be True, False, a pyode.Regularization or a pyode.LocalRegularization; got {regularize!r}"
+        )
     if regularize is not None:
         check_regularization(regularize, solver)
     return SolveOptions(
@@ -525,7 +528,9 @@ def solve(
             Steps are computed in float64 on the host either way; f receives t in y's dtype.
         regularize: accumulate the solver-heuristic regularizers over the accepted steps into
             `sol.error_estimate` (R_E) and `sol.stiffness_estimate` (R_S), differentiable through
-            `DirectAdjoint`; True for the defaults, or a `pyode.Regularization`.
+            `DirectAdjoint`; True for the defaults, or a `pyode.Regularization`. Or a
+            `pyode.LocalRegularization`: the same terms from one step at a random time, with
+            any sensealg and on either engine.
         sensealg: how gradients flow back through the solve; `DirectAdjoint()` by default
             (`ReversibleAdjoint()` for reversible solvers).
             See `pyode/sensitivity/README.md` for when to choose which.
@@ -546,6 +551,9 @@ def solve(
 
     if backend not in ("torch", "julia"):
         raise ValueError(f'backend must be "torch" or "julia"; got {backend!r}')
+    local = None
+    if isinstance(regularize, LocalRegularization):
+        local, regularize = regularize, False
     if sensealg is None:
         sensealg = ReversibleAdjoint() if isinstance(solver, AbstractReversibleSolver) else DirectAdjoint()
     elif not isinstance(sensealg, AbstractSensitivityAlgorithm):
@@ -570,13 +578,72 @@ def solve(
         time_dtype=time_dtype,
         regularize=regularize,
     )
-    if backend == "julia":
-        from .backends.julia._solve import solve_julia
 
-        # What the user set explicitly: the Julia engine keeps SciML's defaults for the rest.
-        given = dict(dtmin=dtmin, dtmax=dtmax, internalnorm=internalnorm, controller=controller, dense=dense)
-        return solve_julia(prob, solver, opts, sensealg, throw=throw, given=given, regularize=regularize)
-    return sensealg.solve(prob, solver, opts, throw=throw)
+    def run(options: SolveOptions) -> Solution:
+        if backend == "julia":
+            from .backends.julia._solve import solve_julia
+
+            # What the user set explicitly: the Julia engine keeps SciML's defaults for the rest.
+            given = dict(dtmin=dtmin, dtmax=dtmax, internalnorm=internalnorm, controller=controller, dense=dense)
+            return solve_julia(prob, solver, options, sensealg, throw=throw, given=given, regularize=regularize)
+        return sensealg.solve(prob, solver, options, throw=throw)
+
+    if local is not None:
+        return _locally_regularized(prob, opts, run, local)
+    return run(opts)
+
+
+def _locally_regularized(
+    prob: ODEProblem, opts: SolveOptions, run: Callable[[SolveOptions], Solution], local: LocalRegularization
+) -> Solution:
+    """Solve with t_s added to the save times, then take the local step from y(t_s).
+
+    The local step evaluates `prob.f` in torch on either engine: on the Julia engine `f` is a
+    `pyode.julia.Chain`, the same function as the Lux model, so only y(t_s) comes from Julia.
+    """
+    t0, t1 = _span(prob)
+    t_s = t0 + float(torch.rand((), dtype=torch.float64)) * (t1 - t0)
+    index = inserted = None
+    if opts.saveat is not None:
+        if opts.saveat_tensor is not None:
+            raise ValueError("LocalRegularization cannot be combined with save times that require grad; detach saveat")
+        inserted = t_s not in opts.saveat
+        saves = sorted(set(opts.saveat) | {t_s}, reverse=t1 < t0)
+        index = saves.index(t_s)
+        opts = dataclasses.replace(opts, saveat=tuple(saves))
+    elif not opts.dense:
+        raise ValueError(
+            "LocalRegularization reads the solution at a random time: pass saveat= (or keep dense output on)"
+        )
+    sol = run(opts)
+    layout = StateLayout(prob.y0)
+    like = layout.flatten(prob.y0)
+    dtype, device = like.dtype, like.device
+    saved = sol.t.shape[0]
+    if index is None:
+        y_s = layout.flatten(sol(t_s)).detach() if sol.retcode.successful else None
+    elif index < saved:
+        ys = layout.flatten_batch(sol.y)
+        y_s = ys[index].detach()
+        if inserted:
+            keep = [i for i in range(saved) if i != index]
+            sol.t = sol.t[keep]
+            sol.y = layout.unflatten_batch(ys[keep])
+    else:
+        y_s = None
+    sol.regularization_time = t_s
+    if y_s is None:  # the solve stopped before t_s: nothing to estimate there
+        zero = like.new_zeros(())
+        sol.error_estimate = zero if local.error else None
+        sol.stiffness_estimate = zero if local.stiffness else None
+        return sol
+
+    def f(t: float, y: torch.Tensor) -> torch.Tensor:
+        sol.stats.nfe += 1
+        return layout.flatten(prob.f(torch.scalar_tensor(t, dtype=dtype, device=device), layout.unflatten(y)))
+
+    sol.error_estimate, sol.stiffness_estimate = local_estimates(f, t_s, y_s, t1, opts.rtol, opts.atol, local)
+    return sol
 
 
 __all__ = ["SolveError", "SolveOptions", "StateLayout", "integrate", "make_options", "solve"]

@@ -152,3 +152,142 @@ def test_errors():
         pyode.Regularization(stiffness="mean")
     with pytest.raises(ValueError, match="nothing to accumulate"):
         pyode.Regularization(error=None, stiffness=None)
+
+
+# ----------------------------------------------------------------------------------------
+# LocalRegularization: one Tsit5 step at a random time
+# ----------------------------------------------------------------------------------------
+
+
+def _local_problem():
+    net = _field()
+    y0 = torch.tensor([[1.0, -0.5], [0.2, 0.3]], dtype=torch.float64)
+    return net, pyode.ODEProblem(lambda t, y: net(y), y0, (0.0, 2.0), params=list(net.parameters()))
+
+
+def test_local_is_one_step_of_the_global_regularizer():
+    # The local terms are the global regularizer's per-step terms for the one step that a fresh
+    # solve from (t_s, y(t_s)) takes first (Hairer's initial step at the same tolerances).
+    net, prob = _local_problem()
+    ts = torch.linspace(0.0, 2.0, 9)
+    rtol, atol = 1e-5, 1e-7
+    torch.manual_seed(7)
+    sol = pyode.solve(prob, pyode.Tsit5(), saveat=ts, rtol=rtol, atol=atol, regularize=pyode.LocalRegularization())
+    t_s = sol.regularization_time
+    assert 0.0 < t_s < 2.0
+    y_s = pyode.solve(prob, pyode.Tsit5(), saveat=[t_s], rtol=rtol, atol=atol).y[0].detach()
+    one = pyode.solve(
+        pyode.ODEProblem(lambda t, y: net(y), y_s, (t_s, 2.0)),
+        pyode.Tsit5(),
+        rtol=rtol,
+        atol=atol,
+        regularize=pyode.Regularization(),
+        max_steps=1,
+        throw=False,
+    )
+    assert one.stats.naccept == 1  # the heuristic's first step was accepted: it is the local step
+    torch.testing.assert_close(sol.error_estimate, one.error_estimate, rtol=1e-12, atol=0)
+    torch.testing.assert_close(sol.stiffness_estimate, one.stiffness_estimate, rtol=1e-12, atol=0)
+    params = list(net.parameters())
+    g_local = torch.autograd.grad(sol.error_estimate + sol.stiffness_estimate, params)
+    g_one = torch.autograd.grad(one.error_estimate + one.stiffness_estimate, params)
+    for a, b in zip(g_local, g_one):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
+
+
+def test_local_leaves_the_solution_as_it_was():
+    _, prob = _local_problem()
+    ts = torch.linspace(0.0, 2.0, 9)
+    plain = pyode.solve(prob, pyode.Tsit5(), saveat=ts)
+    sol = pyode.solve(prob, pyode.Tsit5(), saveat=ts, regularize=pyode.LocalRegularization())
+    assert torch.equal(sol.t, plain.t) and torch.equal(sol.y, plain.y)  # t_s is saved by interpolation only
+    assert sol.stats.nfe == plain.stats.nfe + 8  # f(t_s), the step-size heuristic, 6 stages
+    assert (sol.stats.naccept, sol.stats.nreject) == (plain.stats.naccept, plain.stats.nreject)
+
+
+def test_local_time_is_seeded_and_uniform():
+    _, prob = _local_problem()
+    times = []
+    for seed in range(200):
+        torch.manual_seed(seed)
+        times.append(
+            pyode.solve(prob, pyode.Tsit5(), saveat=[2.0], regularize=pyode.LocalRegularization()).regularization_time
+        )
+    torch.manual_seed(3)
+    again = pyode.solve(prob, pyode.Tsit5(), saveat=[2.0], regularize=pyode.LocalRegularization()).regularization_time
+    assert again == times[3]
+    # Uniform on (0, 2): mean 1, and a Kolmogorov–Smirnov distance well inside its 1% critical value 0.115.
+    times = np.sort(times) / 2.0
+    ks = np.max(np.abs(times - np.arange(1, 201) / 200.0))
+    assert abs(times.mean() - 0.5) < 0.07 and ks < 0.115
+
+
+SENSEALGS = [
+    pyode.DirectAdjoint(),
+    pyode.BacksolveAdjoint(),
+    pyode.InterpolatingAdjoint(),
+    pyode.QuadratureAdjoint(C=1.0),  # C=0.1 leaves one node on these short intervals (3e-5 error)
+    pyode.GaussAdjoint(),
+]
+
+
+@pytest.mark.parametrize("sensealg", SENSEALGS, ids=lambda s: type(s).__name__)
+def test_local_works_with_every_sensealg(sensealg):
+    net, prob = _local_problem()
+    params = list(net.parameters())
+    ts = torch.linspace(0.0, 2.0, 5)
+    kw = dict(saveat=ts, rtol=1e-8, atol=1e-10, regularize=pyode.LocalRegularization())
+    torch.manual_seed(11)
+    ref = pyode.solve(prob, pyode.Tsit5(), sensealg=pyode.DirectAdjoint(), **kw)
+    torch.manual_seed(11)
+    sol = pyode.solve(prob, pyode.Tsit5(), sensealg=sensealg, **kw)
+    assert sol.regularization_time == ref.regularization_time
+    torch.testing.assert_close(sol.error_estimate, ref.error_estimate, rtol=1e-12, atol=0)
+    g_reg = torch.autograd.grad(sol.error_estimate + sol.stiffness_estimate, params, retain_graph=True)
+    g_ref = torch.autograd.grad(ref.error_estimate + ref.stiffness_estimate, params, retain_graph=True)
+    for a, b in zip(g_reg, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+    # The whole loss: the adjoint's gradient of the fit term (to its tolerance) plus the local terms.
+    g = torch.autograd.grad(sol.y.pow(2).sum() + sol.error_estimate, params)
+    g_ref = torch.autograd.grad(ref.y.pow(2).sum() + ref.error_estimate, params)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_local_without_saveat_reads_the_dense_output():
+    _, prob = _local_problem()
+    torch.manual_seed(5)
+    sol = pyode.solve(prob, pyode.Tsit5(), regularize=pyode.LocalRegularization(stiffness=False))
+    plain = pyode.solve(prob, pyode.Tsit5())
+    assert torch.equal(sol.t, plain.t) and sol.stiffness_estimate is None and sol.error_estimate > 0
+
+
+def test_local_errors():
+    _, prob = _local_problem()
+    with pytest.raises(ValueError, match="nothing to compute"):
+        pyode.LocalRegularization(error=False, stiffness=False)
+    with pytest.raises(TypeError, match="True or False"):
+        pyode.LocalRegularization(error="sum")
+    with pytest.raises(ValueError, match="require grad"):
+        pyode.solve(
+            prob,
+            pyode.Tsit5(),
+            saveat=torch.linspace(0, 2, 3, requires_grad=True),
+            regularize=pyode.LocalRegularization(),
+        )
+    reversible = pyode.ODEProblem(lambda t, y: -y, torch.ones(2, dtype=torch.float64), (0.0, 1.0))
+    with pytest.raises(ValueError, match="pass saveat="):
+        pyode.solve(reversible, pyode.ReversibleHeun(), dt=0.1, regularize=pyode.LocalRegularization())
+    # With the adjoints, the global regularizers point to the local ones.
+    with pytest.raises(ValueError, match="LocalRegularization"):
+        pyode.solve(prob, pyode.Tsit5(), sensealg=pyode.GaussAdjoint(), regularize=True)
+
+
+def test_local_after_a_failed_solve_is_zero():
+    _, prob = _local_problem()
+    kw = dict(saveat=[2.0], rtol=1e-12, max_steps=1, throw=False)
+    torch.manual_seed(1)
+    sol = pyode.solve(prob, pyode.Tsit5(), regularize=pyode.LocalRegularization(), **kw)
+    reached = pyode.solve(prob, pyode.Tsit5(), rtol=1e-12, max_steps=1, throw=False).t[-1].item()
+    assert sol.retcode is pyode.ReturnCode.MaxIters and reached < sol.regularization_time
+    assert sol.error_estimate.item() == 0.0 and sol.stiffness_estimate.item() == 0.0

@@ -258,7 +258,8 @@ class AbstractAdjoint(AbstractSensitivityAlgorithm):
         if opts.regularize is not None:
             raise ValueError(
                 f"regularize needs sensealg=DirectAdjoint(): the regularizers are differentiated through the "
-                f"solver's own computation, which {type(self).__name__} does not record"
+                f"solver's own computation, which {type(self).__name__} does not record. "
+                "pyode.LocalRegularization() works with every sensealg"
             )
         if self.solver is not None and not isinstance(self.solver, AbstractSolver):
             raise TypeError(f"{type(self).__name__}: solver must be a pyode solver; got {self.solver!r}")

@@ -160,7 +160,9 @@ def build_request(
         )
     if regularize not in (None, False):
         raise _refuse(
-            "regularize=", "the solver-heuristic regularizers are implemented on the torch engine only (not yet here)"
+            "regularize=Regularization(...)",
+            "the global regularizers differentiate the solver's own steps, which only the torch engine records; "
+            "regularize=pyode.LocalRegularization() works on the Julia engine",
         )
     if internalnorm is not None:
         raise _refuse(
