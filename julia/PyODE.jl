@@ -53,10 +53,10 @@ const SOLVERS = Dict{String, Any}(
 # in SciMLSensitivity; pyode's BacksolveAdjoint is the plain one, so it is switched off.
 # DirectAdjoint (differentiate the solver's own operations) is ReverseDiffAdjoint: CPU only.
 const SENSEALGS = Dict{String, Any}(
-    "DirectAdjoint" => checkpointing -> ReverseDiffAdjoint(),
-    "BacksolveAdjoint" => checkpointing -> BacksolveAdjoint(; autojacvec = ZygoteVJP(), checkpointing = false),
-    "InterpolatingAdjoint" => checkpointing -> InterpolatingAdjoint(; autojacvec = ZygoteVJP(), checkpointing),
-    "GaussAdjoint" => checkpointing -> GaussAdjoint(; autojacvec = ZygoteVJP()),
+    "DirectAdjoint" => (checkpointing -> ReverseDiffAdjoint()),
+    "BacksolveAdjoint" => (checkpointing -> BacksolveAdjoint(; autojacvec = ZygoteVJP(), checkpointing = false)),
+    "InterpolatingAdjoint" => (checkpointing -> InterpolatingAdjoint(; autojacvec = ZygoteVJP(), checkpointing)),
+    "GaussAdjoint" => (checkpointing -> GaussAdjoint(; autojacvec = ZygoteVJP())),
 )
 
 # Where the parameter-adjoint block sits in each reverse state (read from SciMLSensitivity:
@@ -218,6 +218,9 @@ flat_tangent(g::ComponentArray, len::Int, ::Type{T}) where {T} = checked_length(
 flat_tangent(g::AbstractArray, len::Int, ::Type{T}) where {T} = checked_length(Vector{T}(vec(g)), len)
 function flat_tangent(g::NamedTuple, len::Int, ::Type{T}) where {T}
     return flat_tangent(hasproperty(g, :data) ? g.data : ComponentArray(g), len, T)
+end
+function flat_tangent(g, len::Int, ::Type{T}) where {T}
+    error("PyODE: a gradient of unexpected type $(typeof(g)); please report it with this message")
 end
 
 function checked_length(v::Vector, len::Int)
