@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .problem import ODEProblem, Solution, State
-from .regularizers import Regularization
+from .regularizers import LocalRegularization, Regularization
 from .solve import solve
 from .solvers import Tsit5
 from .solvers.base import AbstractSolver
@@ -30,8 +30,9 @@ class NeuralODE(nn.Module):
         saveat: save times (a tensor is kept as a buffer, so it follows `.to()`); by default
             every step is saved.
         rtol, atol: tolerances.
-        regularize: the solver-heuristic regularizers (see `pyode.Regularization`); the solution
-            then carries `error_estimate` and `stiffness_estimate` to add to the loss.
+        regularize: the solver-heuristic regularizers (see `pyode.Regularization`, or
+            `pyode.LocalRegularization` for adjoint sensealgs); the solution then carries
+            `error_estimate` and `stiffness_estimate` to add to the loss.
         steer: STEER (Ghosh, Behl, Dupont, Torr & Namboodiri, NeurIPS 2020): in training mode the
             end time is drawn uniformly from (t1 - steer, t1 + steer) on every call, which also
             regularizes towards dynamics that are cheap to solve. For models read at the end time
@@ -48,7 +49,7 @@ class NeuralODE(nn.Module):
         saveat: torch.Tensor | Sequence[float] | None = None,
         rtol: float = 1e-6,
         atol: float = 1e-8,
-        regularize: bool | Regularization = False,
+        regularize: bool | Regularization | LocalRegularization = False,
         steer: float = 0.0,
         **solve_kwargs: Any,
     ):

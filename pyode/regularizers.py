@@ -132,7 +132,8 @@ class LocalRegularization:
     step's R_E and R_S terms (the same formulas as `Regularization`'s per-step terms, R_S over
     Tsit5's stability extent 3.5068) become `sol.error_estimate` and `sol.stiffness_estimate`,
     differentiable with respect to the parameters; the state at t_s enters as a constant, as in
-    the authors' code. Unbiased, up to the span's length, for the time-average of the per-step
+    the authors' code (LocalRegNeuralDE.jl). One difference: there the first stage f(t_s, y_s)
+    comes from the integrator's set-up, outside the gradient; here it is differentiated too. Unbiased, up to the span's length, for the time-average of the per-step
     terms, and cheap: 8 more evaluations of f per solve, counted in `sol.stats.nfe`.
 
     Unlike `Regularization`, it works with every sensitivity algorithm, since the local step is

@@ -498,7 +498,7 @@ def solve(
     max_steps: int = 100_000,
     dense: bool | None = None,
     time_dtype: torch.dtype | None = None,
-    regularize: bool | Regularization = False,
+    regularize: bool | Regularization | LocalRegularization = False,
     sensealg: Any = None,
     throw: bool = True,
     backend: str = "torch",

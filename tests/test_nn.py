@@ -98,3 +98,13 @@ def test_distributed_data_parallel(tmp_path):
         assert all(p.grad is not None for p in model.parameters())
     finally:
         dist.destroy_process_group()
+
+
+def test_neural_ode_with_local_regularization_and_an_adjoint():
+    torch.manual_seed(0)
+    field = Field()
+    model = NeuralODE(field, saveat=[0.5, 1.0], sensealg=pyode.GaussAdjoint(), regularize=pyode.LocalRegularization())
+    sol = model(torch.randn(4, 2))
+    (sol.y.pow(2).mean() + sol.error_estimate + sol.stiffness_estimate).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in field.parameters())
+    assert sol.y.shape == (2, 4, 2) and 0 < sol.regularization_time < 1

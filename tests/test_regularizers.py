@@ -291,3 +291,24 @@ def test_local_after_a_failed_solve_is_zero():
     reached = pyode.solve(prob, pyode.Tsit5(), rtol=1e-12, max_steps=1, throw=False).t[-1].item()
     assert sol.retcode is pyode.ReturnCode.MaxIters and reached < sol.regularization_time
     assert sol.error_estimate.item() == 0.0 and sol.stiffness_estimate.item() == 0.0
+
+
+def test_local_estimates_gradcheck(monkeypatch):
+    # With the step size held (the heuristic is not differentiated), the local terms are smooth
+    # functions of the parameters: their gradients against finite differences.
+    from pyode import regularizers
+
+    monkeypatch.setattr(regularizers, "initial_step", lambda *args: 0.05)
+    torch.manual_seed(0)
+    W = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0.3, -0.7], dtype=torch.float64)
+
+    def terms(W, b):
+        def f(t, y):
+            return torch.tanh(W @ y + b)
+
+        error, stiffness = regularizers.local_estimates(f, 0.2, y, 1.0, 1e-3, 1e-5, pyode.LocalRegularization())
+        return error, stiffness
+
+    assert torch.autograd.gradcheck(terms, (W, b))
