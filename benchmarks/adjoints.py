@@ -13,13 +13,12 @@ the gradient (all parameters and y0) against DirectAdjoint with DP8 at rtol 1e-1
 from __future__ import annotations
 
 import argparse
-import itertools
 import statistics
 import time
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from core import Field  # the same vector field as the core benchmark
 
 import pyode
 
@@ -40,26 +39,6 @@ PROBLEMS = {
     "time-series": Problem("time-series", 2, 16, (64, 64), 20, 5.0, "small state, 4.5k parameters, 20 save points"),
     "wide-state": Problem("wide-state", 64, 128, (224, 224), 2, 5.0, "state 64, batch 128, 79k parameters"),
 }
-
-
-class Field(nn.Module):
-    def __init__(self, state: int, widths: tuple[int, ...], scale: float = 1.5):
-        super().__init__()
-        sizes = (state, *widths, state)
-        layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-            layers.append(nn.Linear(a, b))
-            if i < len(sizes) - 2:
-                layers.append(nn.Tanh())
-        self.net = nn.Sequential(*layers)
-        with torch.no_grad():  # livelier than the default initialisation, like a trained model
-            for p in self.net.parameters():
-                p.mul_(scale)
-        self.calls = 0
-
-    def forward(self, t, y):
-        self.calls += 1
-        return self.net(y)
 
 
 METHODS = {
@@ -127,7 +106,7 @@ def main() -> None:
     for name in args.problems:
         problem = PROBLEMS[name]
         torch.manual_seed(0)
-        field = Field(problem.state, problem.widths).double()
+        field = Field(problem.state, problem.widths, scale=1.5).double()
         y0 = torch.randn(problem.batch, problem.state, dtype=torch.float64)
         ts = torch.linspace(0.0, problem.t1, problem.saves, dtype=torch.float64)
         params = sum(p.numel() for p in field.parameters())

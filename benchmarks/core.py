@@ -43,7 +43,10 @@ PROBLEMS = {
 
 
 class Field(nn.Module):
-    def __init__(self, state: int, widths: tuple[int, ...]):
+    """A tanh MLP vector field that counts its calls; `scale` multiplies the initial parameters
+    (above 1: livelier dynamics, like a trained model)."""
+
+    def __init__(self, state: int, widths: tuple[int, ...], scale: float = 1.0):
         super().__init__()
         sizes = (state, *widths, state)
         layers: list[nn.Module] = []
@@ -52,6 +55,10 @@ class Field(nn.Module):
             if i < len(sizes) - 2:
                 layers.append(nn.Tanh())
         self.net = nn.Sequential(*layers)
+        if scale != 1.0:
+            with torch.no_grad():
+                for p in self.net.parameters():
+                    p.mul_(scale)
         self.calls = 0
 
     def forward(self, t, y):

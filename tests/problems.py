@@ -10,6 +10,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+import pyode
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -110,3 +112,13 @@ def _scipy_reference(problem: Problem, ts: tuple[float, ...]) -> np.ndarray:
     )
     assert sol.success
     return sol.y.T
+
+
+# Every reversible solver, for the tests of reversible solvers and of their adjoint.
+REVERSIBLE = [
+    pyode.Reversible(pyode.RK4()),
+    pyode.Reversible(pyode.Tsit5()),
+    pyode.Reversible(pyode.DP5()),
+    pyode.ReversibleHeun(),
+    pyode.AsyncLeapfrog(),
+]

@@ -11,13 +11,7 @@ import torch
 
 import pyode
 
-REVERSIBLE = [
-    pyode.Reversible(pyode.RK4()),
-    pyode.Reversible(pyode.Tsit5()),
-    pyode.Reversible(pyode.DP5()),
-    pyode.ReversibleHeun(),
-    pyode.AsyncLeapfrog(),
-]
+from ..problems import REVERSIBLE
 
 
 class Field(torch.nn.Module):

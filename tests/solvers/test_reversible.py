@@ -10,15 +10,7 @@ import torch
 
 import pyode
 
-from ..problems import OSCILLATING_GROWTH
-
-REVERSIBLE = [
-    pyode.Reversible(pyode.RK4()),
-    pyode.Reversible(pyode.Tsit5()),
-    pyode.Reversible(pyode.DP5()),
-    pyode.ReversibleHeun(),
-    pyode.AsyncLeapfrog(),
-]
+from ..problems import OSCILLATING_GROWTH, REVERSIBLE
 
 
 def _flat(f):

@@ -10,5 +10,4 @@ from ._runtime import HOW_TO_GET_JULIA as HOW_TO_GET_JULIA
 from ._runtime import JuliaImportOrderWarning as JuliaImportOrderWarning
 from ._runtime import JuliaUnavailable as JuliaUnavailable
 from ._runtime import install as install
-from ._runtime import julia_on_path as julia_on_path
 from ._runtime import load as load

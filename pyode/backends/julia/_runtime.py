@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -95,13 +94,6 @@ def import_at_startup() -> None:
     except JuliaUnavailable as err:
         _state["error"] = err
         warnings.warn(f"PYODE_JULIA is set but the Julia engine cannot start: {err}", RuntimeWarning, stacklevel=3)
-
-
-def julia_on_path() -> bool:
-    """A Julia executable juliapkg would use without downloading one."""
-    return bool(
-        shutil.which("julia") or os.environ.get("PYTHON_JULIAPKG_EXE") or os.environ.get("PYTHON_JULIACALL_EXE")
-    )
 
 
 def load() -> Any:

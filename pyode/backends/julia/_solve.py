@@ -67,7 +67,7 @@ class _JuliaSolve(torch.autograd.Function):
         ys, pullback = _unpack(_call_forward(request, differentiate=True), request, outcome)
         ctx.pullback = pullback
         ctx.outcome = outcome
-        ctx.meta = (theta.numel(), theta.dtype, y0.shape, y0.dtype)
+        ctx.meta = (theta.numel(), theta.dtype, y0.shape)
         return ys
 
     @staticmethod
@@ -77,7 +77,7 @@ class _JuliaSolve(torch.autograd.Function):
                 f"the Julia solve ended with ReturnCode.{ctx.outcome.retcode_name}, so it has no gradient "
                 "(SciMLSensitivity cannot differentiate a failed solve); fix the solve first"
             )
-        n_theta, dtype, y0_shape, _ = ctx.meta
+        n_theta, dtype, y0_shape = ctx.meta
         n = int(np.prod(y0_shape)) if len(y0_shape) else 1
         cotangent = grad_ys.detach().to(dtype).contiguous()
         g_y0, g_theta, nfe = ctx.pullback(_marshal.to_julia(cotangent, "the cotangent of the saved states"))
