@@ -86,11 +86,13 @@ class PolynomialInterpolant:
 
     def cast(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """The weights as a (P, s) tensor, made once per dtype and device."""
-        key = (dtype, device)
+        key = (dtype, torch.device(device))
         out = self._cast_cache.get(key)
         if out is None:
-            out = torch.tensor([[float(w) for w in ws] for ws in self.weights], dtype=dtype).T.contiguous()
-            out = self._cast_cache[key] = out.to(device)
+            # Outside inference mode, as `ButcherTableau.cast` explains.
+            with torch.inference_mode(False):
+                out = torch.tensor([[float(w) for w in ws] for ws in self.weights], dtype=dtype).T.contiguous()
+                out = self._cast_cache[key] = out.to(device)
         return out
 
 
@@ -224,8 +226,9 @@ class DenseOutput:
     Built by the integration loop when `dense=True`; `Solution.__call__` evaluates it.
     """
 
-    def __init__(self, t0: float, t1: float, unflatten_batch, unflatten, time_dtype: torch.dtype):
+    def __init__(self, t0: float, t1: float, y0: torch.Tensor, unflatten_batch, unflatten, time_dtype: torch.dtype):
         self.t0 = t0
+        self.y0 = y0  # the answer at t0 when the solve took no steps (t0 == t1)
         self.t1 = t1
         self.direction = 1.0 if t1 >= t0 else -1.0
         self.starts: list[float] = []  # direction * step start, increasing
@@ -260,17 +263,18 @@ class DenseOutput:
     def __call__(self, t) -> torch.Tensor | tuple:
         import bisect
 
-        if not self.steps:
-            raise ValueError("the dense output is empty: the solve took no steps")
         scalar = not isinstance(t, torch.Tensor) or t.dim() == 0
         ts = t.reshape(-1) if isinstance(t, torch.Tensor) else torch.tensor([float(t)], dtype=self.time_dtype)
         differentiable = ts.requires_grad
         values = ts.detach().cpu().tolist()
-        lo, hi = sorted((self.t0, self.t_end))
+        lo, hi = sorted((self.t0, self.t_end if self.steps else self.t0))
         slack = 1e-12 * max(1.0, abs(lo), abs(hi))
         for v in values:
             if not lo - slack <= v <= hi + slack:
                 raise ValueError(f"t = {v} lies outside the solved span [{lo}, {hi}]")
+        if not self.steps:  # t0 == t1 (or no step was accepted): every t is t0
+            ys = self.y0.unsqueeze(0).expand(len(values), -1)
+            return self._unflatten(ys[0]) if scalar else self._unflatten_batch(ys)
         out = []
         for i, v in enumerate(values):
             k = min(max(bisect.bisect_right(self.starts, self.direction * v) - 1, 0), len(self.steps) - 1)

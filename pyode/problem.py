@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
+import numbers
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
 
 import torch
@@ -84,8 +85,8 @@ def _as_time(value: TimeLike, name: str) -> TimeLike:
         if value.is_complex() or value.dtype == torch.bool:
             raise TypeError(f"{name} must be real; got dtype {value.dtype}")
         as_float = float(value.detach())
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        as_float = float(value)
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        as_float = float(value)  # also numpy scalars
     else:
         raise TypeError(f"{name} must be a real number or a 0-d tensor; got {type(value).__name__}")
     if not math.isfinite(as_float):
@@ -103,7 +104,13 @@ def _check_state(y0: Any) -> None:
         name = f"y0[{i}]" if isinstance(y0, tuple) else "y0"
         if not isinstance(part, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor; got {type(part).__name__}")
-        if part.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        if part.dtype in (torch.float16, torch.bfloat16):
+            raise TypeError(
+                f"{name} is {part.dtype}: a half-precision state cannot carry the step control (its 8 or 11 "
+                "significant bits swallow the increments). Keep the state float32 and run f under "
+                "torch.autocast for mixed precision: f may return float16/bfloat16, which pyode casts back"
+            )
+        if part.dtype not in (torch.float32, torch.float64):
             raise TypeError(f"{name} must be a real floating-point tensor (float32 or float64); got {part.dtype}")
         if part.dtype != parts[0].dtype or part.device != parts[0].device:
             raise TypeError(
@@ -188,16 +195,30 @@ class Solution:
     error_estimate: torch.Tensor | None = None
     stiffness_estimate: torch.Tensor | None = None
     regularization_time: float | None = None
+    # Why `sol(t)` carries no gradient although `sol.y` does (set by the sensealgs whose dense
+    # output comes from an unrecorded solve); calling it with grad enabled then raises.
+    dense_without_gradient: str | None = field(default=None, repr=False)
 
     def __call__(self, t: TimeLike) -> State:
         """The solution at any time(s) in the span by dense interpolation.
 
         `t` is a number, a 0-d tensor (returns one state) or a 1-D tensor (returns states stacked
         on dim 0). Needs `dense=True` in `solve` (the default when `saveat` is not given).
+
+        Raises:
+            RuntimeError: grad is enabled but the sensealg cannot differentiate dense output (the
+                adjoints, and `DirectAdjoint(checkpoint_every=...)`): the result would silently
+                carry no gradient. Pass the times as `saveat=`, or call it under `torch.no_grad()`.
         """
         if self.dense is None:
             raise ValueError(
                 "this Solution has no dense output; call solve(..., dense=True) to evaluate it between save points"
+            )
+        if self.dense_without_gradient is not None and torch.is_grad_enabled():
+            raise RuntimeError(
+                f"sol(t) has no gradient here: {self.dense_without_gradient}. Pass the times as saveat= (their "
+                "values then get gradients), use sensealg=DirectAdjoint(), or call sol(t) under torch.no_grad() "
+                "if no gradient is needed"
             )
         return self.dense(t)
 

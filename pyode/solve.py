@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, Union
 
 import torch
 
@@ -35,8 +36,8 @@ class SolveOptions:
     saveat_tensor: torch.Tensor | None  # the save times when they require grad
     dt: float | None
     adaptive: bool
-    rtol: float
-    atol: float
+    rtol: Tolerance
+    atol: Tolerance
     internalnorm: Norm
     controller: PIController
     tstops: tuple[float, ...]
@@ -53,10 +54,16 @@ class StateLayout:
 
     def __init__(self, y0: State):
         self.is_tuple = isinstance(y0, tuple)
+        # A namedtuple state comes back (and reaches f) as the same namedtuple.
+        self.tuple_type = type(y0) if self.is_tuple and hasattr(y0, "_fields") else None
         parts = y0 if self.is_tuple else (y0,)
         self.shapes = tuple(p.shape for p in parts)
         self.sizes = tuple(p.numel() for p in parts)
         self.numel = sum(self.sizes)
+        self.dtype, self.device = parts[0].dtype, parts[0].device
+
+    def _pack(self, parts: Sequence[torch.Tensor]) -> tuple:
+        return self.tuple_type(*parts) if self.tuple_type is not None else tuple(parts)
 
     def flatten(self, y: State) -> torch.Tensor:
         if self.is_tuple:
@@ -65,20 +72,20 @@ class StateLayout:
 
     def unflatten(self, flat: torch.Tensor) -> State:
         if self.is_tuple:
-            return tuple(p.view(s) for p, s in zip(flat.split(self.sizes), self.shapes))
+            return self._pack([p.view(s) for p, s in zip(flat.split(self.sizes), self.shapes)])
         return flat.view(self.shapes[0])
 
     def flatten_batch(self, ys: State) -> torch.Tensor:
-        """(T, *shape), or a tuple of those, -> (T, n)."""
+        """(T, *shape), or a tuple of those, -> (T, n); T may be 0."""
         if self.is_tuple:
-            return torch.cat([p.reshape(p.shape[0], -1) for p in ys], dim=1)
-        return ys.reshape(ys.shape[0], -1)
+            return torch.cat([p.reshape(p.shape[0], size) for p, size in zip(ys, self.sizes)], dim=1)
+        return ys.reshape(ys.shape[0], self.numel)
 
     def unflatten_batch(self, flat: torch.Tensor) -> State:
         """(T, n) -> (T, *shape), or a tuple of those."""
         T = flat.shape[0]
         if self.is_tuple:
-            return tuple(p.reshape(T, *s) for p, s in zip(flat.split(self.sizes, dim=1), self.shapes))
+            return self._pack([p.reshape(T, *s) for p, s in zip(flat.split(self.sizes, dim=1), self.shapes)])
         return flat.reshape(T, *self.shapes[0])
 
     def flat_norm(self, norm: Norm) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -87,32 +94,54 @@ class StateLayout:
             return norm
         return lambda flat: norm(self.unflatten(flat))
 
-    def check_derivative(self, out: Any, y0: State) -> None:
-        """Check f's first output against the state, so a mistake is named at once."""
+    def call(self, f: Callable, t: float, y: torch.Tensor) -> torch.Tensor:
+        """f(t, y) on flat states: t as a 0-d tensor of y's dtype, the output checked and flattened."""
+        return self.derivative(f(torch.scalar_tensor(t, dtype=y.dtype, device=y.device), self.unflatten(y)), t)
+
+    def derivative(self, out: Any, t: float) -> torch.Tensor:
+        """f's output as one flat vector of the state's dtype, checked against the state.
+
+        Checked on every call (a few attribute comparisons), because a wrong shape would otherwise
+        broadcast silently into the stage buffer. Half-precision output (f under `torch.autocast`)
+        is cast to the state's dtype.
+        """
         if self.is_tuple:
             if not isinstance(out, (tuple, list)) or len(out) != len(self.shapes):
                 raise TypeError(
-                    f"f must return a tuple of {len(self.shapes)} tensors like y; got {type(out).__name__}"
-                    + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else "")
+                    f"f must return a tuple of {len(self.shapes)} tensors like y; at t = {t:.6g} it returned "
+                    f"{type(out).__name__}" + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else "")
                 )
-            pairs = [(f"f(t, y)[{i}]", o, y) for i, (o, y) in enumerate(zip(out, y0))]
+            parts = out
         else:
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(f"f must return a tensor shaped like y; got {type(out).__name__}")
-            pairs = [("f(t, y)", out, y0)]
-        for name, o, y in pairs:
+            parts = (out,)
+        cast = False
+        for i, (o, shape) in enumerate(zip(parts, self.shapes)):
+            if isinstance(o, torch.Tensor) and o.shape == shape and o.dtype == self.dtype and o.device == self.device:
+                continue
+            name = f"f(t, y)[{i}]" if self.is_tuple else "f(t, y)"
             if not isinstance(o, torch.Tensor):
-                raise TypeError(f"{name} must be a tensor; got {type(o).__name__}")
-            if o.shape != y.shape:
-                raise ValueError(
-                    f"{name} has shape {tuple(o.shape)}, but the state has shape {tuple(y.shape)}; f must return dy/dt shaped like y"
-                )
-            if o.dtype != y.dtype:
                 raise TypeError(
-                    f"{name} has dtype {o.dtype}, but the state has dtype {y.dtype}; f must return dy/dt of y's dtype"
+                    f"{name} must return a tensor shaped like y; at t = {t:.6g} it returned {type(o).__name__}"
                 )
-            if o.device != y.device:
-                raise TypeError(f"{name} is on {o.device}, but the state is on {y.device}")
+            if o.shape != shape:
+                raise ValueError(
+                    f"{name} returned shape {tuple(o.shape)} at t = {t:.6g}, but the state has shape {tuple(shape)}; "
+                    "f must return dy/dt shaped like y on every call"
+                )
+            if o.device != self.device:
+                raise TypeError(f"{name} returned a tensor on {o.device}, but the state is on {self.device}")
+            if o.dtype in (torch.float16, torch.bfloat16):
+                cast = True
+                continue
+            raise TypeError(
+                f"{name} returned dtype {o.dtype}, but the state has dtype {self.dtype}; f must return dy/dt of "
+                "y's dtype (half-precision output from f under torch.autocast is cast back)"
+            )
+        if cast:
+            parts = [o.to(self.dtype) for o in parts]
+        if self.is_tuple:
+            return torch.cat([p.reshape(-1) for p in parts])
+        return parts[0].reshape(-1)
 
 
 def _times(
@@ -121,6 +150,8 @@ def _times(
     """Validate a sequence of times: 1-D, finite, strictly monotone in the direction of t0 → t1,
     and within the span. Returns them as floats, plus the tensor when it requires grad."""
     tensor = values if isinstance(values, torch.Tensor) else None
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"{name} must be a 1-D tensor or a sequence of numbers; got the string {values!r}")
     if tensor is not None:
         if tensor.dim() != 1:
             raise ValueError(f"{name} must be a 1-D tensor of times; got shape {tuple(tensor.shape)}")
@@ -150,8 +181,50 @@ def _span(prob: ODEProblem) -> tuple[float, float]:
     return tuple(float(t.detach()) if isinstance(t, torch.Tensor) else float(t) for t in prob.tspan)
 
 
+Tolerance = Union[float, torch.Tensor]  # a number, or one per element of the flat state (n,)
+
+
+def _tolerance(value: Any, name: str, layout: StateLayout) -> Tolerance:
+    """A tolerance as a float, or as a flat (n,) tensor on the state's device and dtype.
+
+    Accepts what torchdiffeq accepts: a number, a tensor broadcastable to the state (or already
+    flat, (n,)), or for tuple states a tuple with one number or tensor per component.
+    """
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, torch.Tensor) or (isinstance(value, (tuple, list)) and layout.is_tuple):
+        if isinstance(value, torch.Tensor) and value.numel() == layout.numel and value.dim() == 1:
+            flat = value.detach().to(dtype=layout.dtype, device=layout.device)
+        else:
+            if isinstance(value, torch.Tensor):
+                parts = (value,) * len(layout.shapes) if layout.is_tuple else (value,)
+            elif len(value) != len(layout.shapes):
+                raise ValueError(
+                    f"{name} has {len(value)} entries, but the state has {len(layout.shapes)} components; "
+                    "give one tolerance per component"
+                )
+            else:
+                parts = value
+            pieces = []
+            for part, shape in zip(parts, layout.shapes):
+                part = torch.as_tensor(part).detach().to(dtype=layout.dtype, device=layout.device)
+                try:
+                    pieces.append(part.broadcast_to(shape).reshape(-1))
+                except RuntimeError:
+                    raise ValueError(
+                        f"{name} of shape {tuple(part.shape)} does not broadcast to the state's shape {tuple(shape)}"
+                    ) from None
+            flat = torch.cat(pieces)
+        if not bool((torch.isfinite(flat) & (flat >= 0)).all()):
+            raise ValueError(f"{name} must be non-negative and finite everywhere")
+        return flat.contiguous()
+    if isinstance(value, (tuple, list)):
+        raise TypeError(f"{name} as a tuple needs a tuple state (one tolerance per component); give a number")
+    return _positive(value, name, allow_zero=True)
+
+
 def _positive(value: Any, name: str, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number; got {type(value).__name__}")
     value = float(value)
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
@@ -184,10 +257,11 @@ def make_options(
     if not isinstance(solver, AbstractSolver):
         raise TypeError(f"solver must be a pyode solver such as pyode.Tsit5(); got {solver!r}")
     t0, t1 = _span(prob)
-    rtol = _positive(rtol, "rtol", allow_zero=True)
-    atol = _positive(atol, "atol", allow_zero=True)
-    if rtol == 0 and atol == 0:
-        raise ValueError("rtol and atol are both 0; at least one must be positive")
+    layout = StateLayout(prob.y0)
+    rtol = _tolerance(rtol, "rtol", layout)
+    atol = _tolerance(atol, "atol", layout)
+    if not bool((torch.as_tensor(rtol) + torch.as_tensor(atol) > 0).all()):
+        raise ValueError("rtol and atol are both 0 (for some component); at least one must be positive")
     if adaptive is None:
         adaptive = solver.adaptive
     elif adaptive and not solver.adaptive:
@@ -205,8 +279,9 @@ def make_options(
         controller = PIController()
     elif not isinstance(controller, PIController):
         raise TypeError(f"controller must be a pyode.PIController; got {type(controller).__name__}")
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+    if isinstance(max_steps, bool) or not isinstance(max_steps, numbers.Integral) or max_steps < 1:
         raise ValueError(f"max_steps must be a positive integer; got {max_steps!r}")
+    max_steps = int(max_steps)
     span = abs(t1 - t0)
     dtmax = span if dtmax is None else _positive(dtmax, "dtmax")
     if dtmin is None:
@@ -237,8 +312,7 @@ def make_options(
     if dense is None:
         dense = saveat is None
     if time_dtype is None:
-        y0 = prob.y0[0] if isinstance(prob.y0, tuple) else prob.y0
-        time_dtype = torch.float32 if y0.device.type == "mps" else torch.float64
+        time_dtype = torch.float32 if layout.device.type == "mps" else torch.float64
     elif time_dtype not in (torch.float32, torch.float64):
         raise ValueError(f"time_dtype must be torch.float32 or torch.float64; got {time_dtype}")
     if regularize is True:
@@ -294,18 +368,14 @@ def integrate(
 
     def f(t: float, y: torch.Tensor) -> torch.Tensor:
         stats.nfe += 1
-        return layout.flatten(user_f(torch.scalar_tensor(t, dtype=dtype, device=device), layout.unflatten(y)))
+        return layout.call(user_f, t, y)
 
     norm = layout.flat_norm(opts.internalnorm)
     stepper = solver.stepper(f, dtype, device)
     controller = opts.controller
     gains = controller.gains(solver.error_order) if opts.adaptive else (0.0, 0.0)
 
-    # The first evaluation checks what f returns, so a wrong shape or dtype is named here.
-    first = user_f(torch.scalar_tensor(t0, dtype=dtype, device=device), prob.y0)
-    stats.nfe += 1
-    layout.check_derivative(first, prob.y0)
-    k1 = layout.flatten(first)
+    k1 = f(t0, y0)
     output = stepper.output
 
     out_t: list[float] = []
@@ -324,7 +394,7 @@ def integrate(
             else:
                 out_y.append(y0.unsqueeze(0))
             save_i += 1
-    dense = DenseOutput(t0, t1, layout.unflatten_batch, layout.unflatten, opts.time_dtype) if opts.dense else None
+    dense = DenseOutput(t0, t1, y0, layout.unflatten_batch, layout.unflatten, opts.time_dtype) if opts.dense else None
 
     stops = [s for s in opts.tstops if direction * (s - t0) > 0 and s != t1] + [t1]
     stop_i = 0
@@ -460,6 +530,15 @@ def integrate(
         ys = torch.cat(out_y)
     else:
         ys = y0.new_empty((0, layout.numel))
+    if retcode is ReturnCode.Success:
+        # A state that overflowed without failing an error test (fixed steps, or an estimate
+        # that stayed finite) is caught here: one check, one sync, for the whole solve.
+        finite = torch.isfinite(ys).all(dim=1)
+        if not bool(finite.all() & torch.isfinite(y).all()):
+            retcode = ReturnCode.Unstable
+            kept = int(finite.long().cumprod(0).sum())  # the save points before the first bad one
+            ys, out_t = ys[:kept], out_t[:kept]
+            t = out_t[-1] if out_t else t0
     if opts.saveat_tensor is not None:
         ts = opts.saveat_tensor[: len(out_t)]
     else:
@@ -618,10 +697,10 @@ def _locally_regularized(
     sol = run(opts)
     layout = StateLayout(prob.y0)
     like = layout.flatten(prob.y0)
-    dtype, device = like.dtype, like.device
     saved = sol.t.shape[0]
     if index is None:
-        y_s = layout.flatten(sol(t_s)).detach() if sol.retcode.successful else None
+        with torch.no_grad():  # y(t_s) is a constant starting point for the local step
+            y_s = layout.flatten(sol(t_s)) if sol.retcode.successful else None
     elif index < saved:
         ys = layout.flatten_batch(sol.y)
         y_s = ys[index].detach()
@@ -640,7 +719,7 @@ def _locally_regularized(
 
     def f(t: float, y: torch.Tensor) -> torch.Tensor:
         sol.stats.nfe += 1
-        return layout.flatten(prob.f(torch.scalar_tensor(t, dtype=dtype, device=device), layout.unflatten(y)))
+        return layout.call(prob.f, t, y)
 
     sol.error_estimate, sol.stiffness_estimate = local_estimates(f, t_s, y_s, t1, opts.rtol, opts.atol, local)
     return sol

@@ -335,16 +335,16 @@ def test_bad_problem(args, error, match):
         (
             lambda t, y: torch.ones(3, dtype=torch.float64),
             torch.ones(2, dtype=torch.float64),
-            r"shape \(3,\), but the state has shape \(2,\)",
+            r"returned shape \(3,\) at t = 0, but the state has shape \(2,\)",
         ),
         (
             lambda t, y: y.float(),
             torch.ones(2, dtype=torch.float64),
-            "dtype torch.float32, but the state has dtype torch.float64",
+            "returned dtype torch.float32, but the state has dtype torch.float64",
         ),
         (lambda t, y: [y], torch.ones(2), "must return a tensor"),
         (lambda t, y: y[0], (torch.ones(2), torch.ones(2)), "tuple of 2 tensors"),
-        (lambda t, y: (y[0], y[1][:1]), (torch.ones(2), torch.ones(2)), r"f\(t, y\)\[1\] has shape"),
+        (lambda t, y: (y[0], y[1][:1]), (torch.ones(2), torch.ones(2)), r"f\(t, y\)\[1\] returned shape"),
     ],
 )
 def test_f_returning_the_wrong_thing_is_named(f, y0, match):

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 
+from ..interpolation import DenseOutput
 from ..norms import Norm, make_seminorm, mixed_norm
 from ..problem import ODEProblem, Solution, Stats
 from ..solve import SolveOptions, StateLayout, integrate, make_options
@@ -33,7 +35,8 @@ class ForwardRecord(NamedTuple):
     t0: float
     ts: tuple[float, ...]  # save times reached
     ys: torch.Tensor  # (T, n) states at the save times, detached
-    solution: Solution
+    nfe: int  # the forward solve's evaluations of f
+    dense: DenseOutput | None  # the forward solve's dense output, when it kept one
     data: Any  # what the algorithm's forward hook collected (see `AbstractAdjoint.forward_hook`)
 
 
@@ -61,7 +64,7 @@ class VectorField:
     def __call__(self, t: float, y: torch.Tensor) -> torch.Tensor:
         self.stats.nfe += 1
         with torch.no_grad():
-            return self.layout.flatten(self.f(self.time(t, y), self.layout.unflatten(y)))
+            return self.layout.call(self.f, t, y)
 
     def vjp(
         self, t: float, y: torch.Tensor, cotangent: torch.Tensor, wrt_y: bool = True, wrt_params: bool = True
@@ -72,7 +75,7 @@ class VectorField:
         params = self.params if wrt_params else ()
         with torch.enable_grad():
             y_ = y.detach().requires_grad_(wrt_y)
-            out = self.layout.flatten(self.f(self.time(t, y), self.layout.unflatten(y_)))
+            out = self.layout.call(self.f, t, y_)
             inputs = ((y_,) if wrt_y else ()) + params
             if not inputs or not out.requires_grad:
                 grads: Sequence[torch.Tensor | None] = [None] * len(inputs)
@@ -96,24 +99,37 @@ class VectorField:
         )
 
     def check_closure(self, t: float, y: torch.Tensor) -> None:
-        """Fail clearly if f uses tensors that require grad but are not in `params`: the adjoint
-        would silently give them no gradient. Walks the graph of one evaluation of f."""
+        """Fail clearly if f uses tensors that require grad but that the adjoint cannot serve: leaves
+        not in `params` (they would silently get no gradient), and tensors computed from
+        parameters outside f (the first backward through them frees their graph, and every later
+        VJP of f then fails). Walks the graph of one evaluation of f."""
         self.stats.nfe += 1
         with torch.enable_grad():
+            # Nodes made before this evaluation have smaller sequence numbers than this marker.
+            marker = _sequence_number((torch.zeros((), requires_grad=True) * 1).grad_fn)
             y_ = y.detach().requires_grad_(True)
-            out = self.layout.flatten(self.f(self.time(t, y), self.layout.unflatten(y_)))
+            out = self.layout.call(self.f, t, y_)
         known = {id(p) for p in self.params} | {id(y_)}
+        # Non-leaf params are fine: the VJP stops at them, and backward continues above them.
+        boundary = {p.grad_fn for p in self.params if p.grad_fn is not None}
         missing = []
+        outside = []
         seen = set()
         stack = [out.grad_fn]
         while stack:
             node = stack.pop()
-            if node is None or node in seen:
+            if node is None or node in seen or node in boundary:
                 continue
             seen.add(node)
             variable = getattr(node, "variable", None)
-            if variable is not None and variable.requires_grad and id(variable) not in known:
-                missing.append(tuple(variable.shape))
+            if variable is not None:
+                if variable.requires_grad and id(variable) not in known:
+                    missing.append(tuple(variable.shape))
+                continue
+            number = _sequence_number(node)
+            if marker is not None and number is not None and number < marker:
+                outside.append(node.name())
+                continue
             stack.extend(fn for fn, _ in node.next_functions)
         if missing:
             raise ValueError(
@@ -122,9 +138,22 @@ class VectorField:
                 "ODEProblem(..., params=[...]) (for an nn.Module f they are found automatically), "
                 "or use sensealg=DirectAdjoint()."
             )
+        if outside:
+            raise ValueError(
+                f"f uses {len(outside)} tensor(s) computed outside f from tensors that require grad (made by "
+                f"{sorted(set(outside))[:5]}), such as `W2 = 2 * W` closed over by f. The adjoint evaluates f many "
+                "times, and the graph outside f is freed by the first backward through it. Compute such "
+                "tensors inside f, or use sensealg=DirectAdjoint()."
+            )
 
     def unflatten_params(self, flat: torch.Tensor) -> list[torch.Tensor]:
         return [g.view_as(p).to(p.dtype) for g, p in zip(flat.split(self.sizes), self.params)]
+
+
+def _sequence_number(node: Any) -> int | None:
+    """The autograd node's creation number (per thread, increasing), where torch exposes it."""
+    number = getattr(node, "_sequence_nr", None)
+    return number() if callable(number) else None
 
 
 def backward_options(
@@ -283,10 +312,22 @@ class AbstractAdjoint(AbstractSensitivityAlgorithm):
         sol.y = layout.unflatten_batch(ys)
         if torch.is_grad_enabled():
             sol.stats.nfe += check.nfe
+            if ys.requires_grad and sol.dense is not None:
+                sol.dense_without_gradient = (
+                    f"{type(self).__name__} solves forward without recording, so its dense output is a constant"
+                )
         return sol
 
 
 class _AdjointFunction(torch.autograd.Function):
+    """The forward solve under `no_grad`; backward runs the algorithm's backward sweep.
+
+    The context keeps the forward record but never the `Solution`: the solution holds this
+    Function's own output, and a cycle through the autograd node is one Python's collector
+    cannot see, so every solve would leak. The solution is reached by weak reference to
+    report `adjoint_stats`.
+    """
+
     @staticmethod
     def forward(ctx, sensealg, holder, prob, solver, opts, throw, layout, y0, t0, t1, saveat, *params):
         detached = dataclasses.replace(prob, y0=layout.unflatten(y0.detach()))
@@ -296,6 +337,7 @@ class _AdjointFunction(torch.autograd.Function):
         ys = layout.flatten_batch(sol.y)
         holder["solution"] = sol
         ctx.sensealg = sensealg
+        ctx.solution = weakref.ref(sol)
         ctx.record = ForwardRecord(
             prob=prob,
             solver=solver,
@@ -305,7 +347,8 @@ class _AdjointFunction(torch.autograd.Function):
             t0=float(prob.tspan[0].detach()) if isinstance(prob.tspan[0], torch.Tensor) else float(prob.tspan[0]),
             ts=tuple(sol.t.detach().cpu().tolist()),
             ys=ys,
-            solution=sol,
+            nfe=sol.stats.nfe,
+            dense=sol.dense,
             data=data,
         )
         ctx.wants = (t0 is not None, t1 is not None, saveat is not None)
@@ -319,8 +362,11 @@ class _AdjointFunction(torch.autograd.Function):
         sensealg, record = ctx.sensealg, ctx.record
         stats = Stats()
         vf = VectorField(record.prob, record.layout, record.params, stats)
-        grads = sensealg.backward_sweep(record, grad_ys.detach(), vf, stats)
-        record.solution.adjoint_stats = stats
+        with torch.no_grad():
+            grads = sensealg.backward_sweep(record, grad_ys.detach(), vf, stats)
+        solution = ctx.solution()
+        if solution is not None:
+            solution.adjoint_stats = stats
 
         wants_t0, wants_t1, wants_saveat = ctx.wants
         grad_t0 = grad_t1 = grad_saveat = None
@@ -328,8 +374,10 @@ class _AdjointFunction(torch.autograd.Function):
             ts = record.ts
             if wants_saveat or wants_t1:
                 # Moving save time t_k moves only y(t_k): dL/dt_k = g_k · f(t_k, y_k).
-                rates = torch.stack([vf(t, y) for t, y in zip(ts, record.ys)])
-                per_save = (grad_ys * rates).sum(dim=1)
+                per_save = grad_ys.new_zeros(len(ts))
+                if ts:
+                    rates = torch.stack([vf(t, y) for t, y in zip(ts, record.ys)])
+                    per_save = (grad_ys.detach() * rates).sum(dim=1)
                 if wants_saveat:
                     grad_saveat = torch.zeros(len(record.opts.saveat), dtype=ctx.saveat_dtype, device=ctx.saveat_device)
                     grad_saveat[: len(ts)] = per_save.to(dtype=ctx.saveat_dtype, device=ctx.saveat_device)
@@ -343,4 +391,35 @@ class _AdjointFunction(torch.autograd.Function):
                 grad_t0 = -(grads.a_t0 * vf(record.t0, y0)).sum().to(ctx.time_dtypes[0])
 
         grad_params = vf.unflatten_params(grads.params) if record.params else []
-        return (None, None, None, None, None, None, None, grads.y0, grad_t0, grad_t1, grad_saveat, *grad_params)
+        grads_out = [grads.y0, grad_t0, grad_t1, grad_saveat, *grad_params]
+        if torch.is_grad_enabled():
+            # backward(create_graph=True): a gradient penalty or a Hessian would differentiate these
+            # gradients again, which the adjoint does not record. Make that an error, not a zero.
+            grads_out = _first_order_only(type(sensealg).__name__, grads_out)
+        return (None, None, None, None, None, None, None, *grads_out)
+
+
+def _first_order_only(name: str, grads: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    """The gradients, marked so that differentiating them raises an error naming the fix."""
+    present = [g for g in grads if g is not None]
+    anchor = present[0].new_zeros((), requires_grad=True)  # makes the outputs require grad
+    marked = iter(_FirstOrderOnly.apply(name, anchor, *present))
+    return [next(marked) if g is not None else None for g in grads]
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """The identity, whose backward raises: what an adjoint's gradients become under
+    `create_graph=True`, since the adjoint computed them without recording how."""
+
+    @staticmethod
+    def forward(ctx, name, anchor, *grads):
+        ctx.name = name
+        return tuple(g.clone() for g in grads)
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError(
+            f"{ctx.name} computes first derivatives only: its gradient was not recorded, so it cannot be "
+            "differentiated again (gradient penalties, Hessians, double backward). Use "
+            "sensealg=DirectAdjoint(), which differentiates the solver's own arithmetic to any order"
+        )

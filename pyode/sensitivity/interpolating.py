@@ -65,7 +65,7 @@ class InterpolatingAdjoint(AbstractAdjoint):
             if self.checkpointing:
                 state_at = _recompute(record, ys[k - 1] if k > 0 else y0, t_to, t_from, stats).at
             else:
-                state_at = record.solution.dense.at
+                state_at = record.dense.at
 
             def augmented(t: float, state: tuple) -> tuple:
                 a, _ = state

@@ -92,7 +92,7 @@ class QuadratureAdjoint(AbstractAdjoint):
 
     def nodes(self, record: ForwardRecord, t_a: float, t_b: float) -> int:
         span = abs(record.ts[-1] - record.t0) or 1.0
-        n = math.ceil(self.C * record.solution.stats.nfe * abs(t_b - t_a) / span)
+        n = math.ceil(self.C * record.nfe * abs(t_b - t_a) / span)
         return min(max(n, 1), self.max_nodes)
 
     def check_solvers(self, forward: AbstractSolver, backward: AbstractSolver) -> None:

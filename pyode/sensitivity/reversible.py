@@ -65,7 +65,7 @@ class ReversibleAdjoint(AbstractAdjoint):
 
         def f(t: float, y: torch.Tensor) -> torch.Tensor:
             stats.nfe += 1
-            return layout.flatten(user_f(torch.scalar_tensor(t, dtype=y.dtype, device=y.device), layout.unflatten(y)))
+            return layout.call(user_f, t, y)
 
         stepper = record.solver.stepper(f, y0.dtype, y0.device)
         steps = record.data["steps"]

@@ -98,27 +98,30 @@ class ButcherTableau:
 
     def cast(self, dtype: torch.dtype, device: torch.device) -> CastTableau:
         """The coefficients as tensors of `dtype` on `device`, made once and then cached."""
-        key = (dtype, device)
+        key = (dtype, torch.device(device))
         cast = self._cast_cache.get(key)
         if cast is None:
-            s = self.stages
-            # Row i padded to all s stages: a stage combination is then one matrix-vector product
-            # over the whole (zero-initialised) stage buffer, with no slicing per stage.
-            a_full = torch.tensor([[float(x) for x in row] + [0.0] * (s - len(row)) for row in self.a], dtype=dtype).to(
-                device
-            )
-            cast = CastTableau(
-                c=tuple(float(x) for x in self.c),
-                a_rows=tuple(a_full[i] for i in range(s)),
-                b=torch.tensor([float(x) for x in self.b], dtype=dtype).to(device),
-                b_error=(
-                    torch.tensor([[float(x) for x in e] for e in self.b_error], dtype=dtype).T.contiguous().to(device)
-                    if self.b_error
-                    else None
-                ),
-            )
+            # Built outside inference mode: a cached inference tensor could never be saved for
+            # backward, so one solve under torch.inference_mode() would break every later
+            # training solve. Normal tensors serve inference mode just as well.
+            with torch.inference_mode(False):
+                cast = self._cast(dtype, device)
             self._cast_cache[key] = cast
         return cast
+
+    def _cast(self, dtype: torch.dtype, device: torch.device) -> CastTableau:
+        s = self.stages
+        # Row i padded to all s stages: a stage combination is then one matrix-vector product
+        # over the whole (zero-initialised) stage buffer, with no slicing per stage.
+        rows = [[float(x) for x in row] + [0.0] * (s - len(row)) for row in self.a]
+        a_full = torch.tensor(rows, dtype=dtype).to(device)
+        errors = [[float(x) for x in e] for e in self.b_error]
+        return CastTableau(
+            c=tuple(float(x) for x in self.c),
+            a_rows=tuple(a_full[i] for i in range(s)),
+            b=torch.tensor([float(x) for x in self.b], dtype=dtype).to(device),
+            b_error=torch.tensor(errors, dtype=dtype).T.contiguous().to(device) if errors else None,
+        )
 
 
 @dataclass(frozen=True)
