@@ -7,10 +7,14 @@ Switching is a one-line change: `from pyode import odeint`. Differences worth kn
 - Step-size control is a PI controller (torchdiffeq's is an I controller), so step counts differ
   slightly at the same tolerances.
 - "rk4" is the classical RK4 (torchdiffeq's "rk4" is the 3/8 rule); both are fourth order.
+- `max_num_steps` bounds the steps between two output times in torchdiffeq; pyode bounds the
+  whole solve, so it becomes `max_steps = max_num_steps · (len(t) - 1)`: every solve torchdiffeq
+  finishes, pyode finishes too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import torch
@@ -18,7 +22,7 @@ import torch
 from .norms import mixed_norm
 from .problem import ODEProblem, State
 from .sensitivity import BacksolveAdjoint
-from .solve import solve
+from .solve import StateLayout, solve
 from .solvers import BS3, DP5, DP8, RK4, Euler, Heun, Midpoint, Tsit5
 from .solvers.base import AbstractSolver
 from .step_control import PIController
@@ -103,10 +107,13 @@ def odeint_adjoint(
             channel to keep, as time gradients come from flow identities), and a callable `norm`
             is used as is.
         adjoint_params: the tensors to differentiate with respect to; by default
-            `func.parameters()`, which needs `func` to be an `nn.Module`.
+            `func.parameters()`, which needs `func` to be an `nn.Module`. Given explicitly (even
+            `()`), tensors that func uses but that are not listed get no gradient, as in
+            torchdiffeq; otherwise pyode refuses such closures by name.
     """
     if event_fn is not None:
         raise ValueError("odeint_adjoint: event_fn is not supported by pyode yet")
+    explicit_params = adjoint_params is not None
     if adjoint_params is None:
         if not isinstance(func, torch.nn.Module):
             raise ValueError(
@@ -114,6 +121,7 @@ def odeint_adjoint(
                 "otherwise pass them as adjoint_params=(...)"
             )
         adjoint_params = tuple(func.parameters())
+    adjoint_params = tuple(p for p in adjoint_params if p.requires_grad)
     _check_t(t, "odeint_adjoint")
     solver, kwargs = _translate(y0, t, rtol, atol, method, options, "odeint_adjoint")
     adjoint_options = dict(adjoint_options or {})
@@ -129,16 +137,41 @@ def odeint_adjoint(
         if adjoint_method not in METHODS:
             raise ValueError(f"odeint_adjoint: unknown adjoint_method {adjoint_method!r}; pyode has {sorted(METHODS)}")
         backward_solver = METHODS[adjoint_method]
-    kwargs["sensealg"] = BacksolveAdjoint(
+    sensealg = BacksolveAdjoint(
         seminorm=seminorm,
-        internalnorm=norm if callable(norm) else None,
+        internalnorm=_torchdiffeq_adjoint_norm(norm, y0, adjoint_params) if callable(norm) else None,
         solver=backward_solver,
         rtol=adjoint_rtol,
         atol=adjoint_atol,
     )
+    if explicit_params:
+        # torchdiffeq differentiates only the listed tensors and ignores the rest.
+        sensealg = dataclasses.replace(sensealg, _check_closure=False)
+    kwargs["sensealg"] = sensealg
     if t.numel() == 1:
         return _initial_only(y0)
     return solve(ODEProblem(func, y0, (t[0], t[-1]), params=tuple(adjoint_params)), solver, **kwargs).y
+
+
+def _torchdiffeq_adjoint_norm(norm: Callable, y0: State, params: tuple[torch.Tensor, ...]) -> Callable:
+    """A user's adjoint norm, written for torchdiffeq's augmented state (t, y, adj_y, *adj_params)
+    (with y and adj_y split into their parts for tuple states), applied to BacksolveAdjoint's
+    (z, a, a_θ). pyode integrates no time adjoint (time gradients come from flow identities),
+    so the t entry is 0."""
+    layout = StateLayout(y0)
+    shapes = [p.shape for p in params]
+    sizes = [p.numel() for p in params]
+
+    def parts(flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        state = layout.unflatten(flat)
+        return tuple(state) if layout.is_tuple else (state,)
+
+    def adjoint_norm(state: tuple) -> torch.Tensor:
+        z, a, a_theta = state
+        adj_params = [g.view(shape) for g, shape in zip(a_theta.split(sizes), shapes)]
+        return norm((z.new_zeros(()), *parts(z), *parts(a), *adj_params))
+
+    return adjoint_norm
 
 
 def _check_t(t: Any, name: str) -> None:
@@ -176,7 +209,8 @@ def _translate(y0, t, rtol, atol, method, options, name) -> tuple[AbstractSolver
     if "dtype" in options:
         kwargs["time_dtype"] = options["dtype"]
     if "max_num_steps" in options:
-        kwargs["max_steps"] = options["max_num_steps"]
+        # torchdiffeq counts the steps between consecutive output times; pyode the whole solve.
+        kwargs["max_steps"] = int(options["max_num_steps"]) * max(1, t.numel() - 1)
     if fixed:
         if options.get("interp", "cubic") != "cubic":
             raise ValueError(f"{name}: pyode interpolates fixed grids with cubic Hermite only (interp='cubic')")

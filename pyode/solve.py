@@ -529,7 +529,7 @@ def integrate(
     if out_y:
         ys = torch.cat(out_y)
     else:
-        ys = y0.new_empty((0, layout.numel))
+        ys = y0.unsqueeze(0)[:0]  # still on the graph of y0, so backward gives zeros
     if retcode is ReturnCode.Success:
         # A state that overflowed without failing an error test (fixed steps, or an estimate
         # that stayed finite) is caught here: one check, one sync, for the whole solve.
@@ -665,11 +665,37 @@ def solve(
             # What the user set explicitly: the Julia engine keeps SciML's defaults for the rest.
             given = dict(dtmin=dtmin, dtmax=dtmax, internalnorm=internalnorm, controller=controller, dense=dense)
             return solve_julia(prob, solver, options, sensealg, throw=throw, given=given, regularize=regularize)
-        return sensealg.solve(prob, solver, options, throw=throw)
+        autocast = _autocast(prob)
+        if autocast is None:
+            return sensealg.solve(prob, solver, options, throw=throw)
+        # Mixed precision: f runs under the caller's autocast, the solver's own arithmetic (stage
+        # combinations, error norms, step control) in the state's dtype.
+        with torch.autocast(autocast[0], enabled=False):
+            sol = sensealg.solve(_with_autocast(prob, *autocast), solver, options, throw=throw)
+        sol.prob = prob
+        return sol
 
     if local is not None:
         return _locally_regularized(prob, opts, run, local)
     return run(opts)
+
+
+def _autocast(prob: ODEProblem) -> tuple[str, torch.dtype] | None:
+    """(device type, dtype) of the autocast in force for the state's device, if any."""
+    device_type = StateLayout(prob.y0).device.type
+    if device_type not in ("cpu", "cuda", "xpu", "mps") or not torch.is_autocast_enabled(device_type):
+        return None
+    return device_type, torch.get_autocast_dtype(device_type)
+
+
+def _with_autocast(prob: ODEProblem, device_type: str, dtype: torch.dtype) -> ODEProblem:
+    f = prob.f
+
+    def f_autocast(t: torch.Tensor, y: State) -> State:
+        with torch.autocast(device_type, dtype=dtype):
+            return f(t, y)
+
+    return dataclasses.replace(prob, f=f_autocast)
 
 
 def _locally_regularized(

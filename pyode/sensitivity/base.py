@@ -28,5 +28,9 @@ class AbstractSensitivityAlgorithm(abc.ABC):
         import dataclasses
 
         fields = dataclasses.fields(self) if dataclasses.is_dataclass(self) else ()
-        shown = [f"{f.name}={getattr(self, f.name)!r}" for f in fields if getattr(self, f.name) != f.default]
+        shown = [
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in fields
+            if f.repr and not f.name.startswith("_") and getattr(self, f.name) != f.default
+        ]
         return f"{type(self).__name__}({', '.join(shown)})"

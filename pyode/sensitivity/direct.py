@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..problem import ODEProblem
-from ..solve import integrate
+from ..solve import StateLayout, integrate
 from ..solvers.reversible import AbstractReversibleSolver
 from .base import AbstractSensitivityAlgorithm
 
@@ -77,6 +77,11 @@ class DirectAdjoint(AbstractSensitivityAlgorithm):
             )
         if self.checkpoint_every is not None and grad:
             sol = _checkpointed(prob, solver, opts, throw, self.checkpoint_every)
+            parts = sol.y if isinstance(sol.y, tuple) else (sol.y,)
+            if sol.dense is not None and any(p.requires_grad for p in parts):
+                sol.dense_without_gradient = (
+                    "DirectAdjoint(checkpoint_every=...) takes its dense output from the unrecorded first pass"
+                )
         else:
             sol = integrate(prob, solver, opts, throw=throw)
         sol.stats.nfe += extra_nfe
@@ -95,7 +100,7 @@ def _checkpointed(prob: ODEProblem, solver: AbstractSolver, opts: SolveOptions, 
     `torch.utils.checkpoint`, so that backward holds one segment's graph at a time."""
     from torch.utils.checkpoint import checkpoint
 
-    from ..solve import StateLayout, make_options
+    from ..solve import make_options
 
     layout = StateLayout(prob.y0)
     with torch.no_grad():
@@ -172,10 +177,14 @@ def _map(fn, *states):
 
 
 def _derivative(prob: ODEProblem, t: torch.Tensor, y: State) -> State:
-    """f(t, y), detached: it enters the gradient only as a constant direction."""
-    y_any = y[0] if isinstance(y, tuple) else y
-    with torch.no_grad():
-        return prob.f(t.detach().to(dtype=y_any.dtype, device=y_any.device), _map(torch.Tensor.detach, y))
+    """f(t, y) as the direction of a time gradient, in the state's dtype.
+
+    Recorded, not detached: a first derivative uses it as a constant, but differentiating the
+    time gradient again (a Hessian, a penalty on dL/dt0) needs how f depends on t, y and θ.
+    """
+    layout = StateLayout(y)
+    out = prob.f(t.to(dtype=layout.dtype, device=layout.device), y)
+    return layout.unflatten(layout.derivative(out, float(t.detach())))
 
 
 class _TimeShift(torch.autograd.Function):

@@ -56,7 +56,7 @@ class GaussAdjoint(AbstractAdjoint):
         solver = self.solver or record.solver
         x, w = gauss_legendre(self.nodes or max(1, (solver.order + 1) // 2))
         augmented = state_and_adjoint(vf)
-        quad = QuadratureAccumulator(vf, record.layout.numel, stats, record.ys[0])
+        quad = QuadratureAccumulator(vf, record.layout.numel, stats, record.ys)
 
         def on_step(t, h, s0, s1, r):
             # ∫_{t0}^{t1} is minus the sum over backward steps of ∫_t^{t+h}: weights -h/2 · w_i.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import weakref
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -156,6 +157,10 @@ def _sequence_number(node: Any) -> int | None:
     return number() if callable(number) else None
 
 
+def _scalar(tolerance: Any) -> Any:
+    return float(tolerance.min()) if isinstance(tolerance, torch.Tensor) else tolerance
+
+
 def backward_options(
     sensealg: AbstractAdjoint, record: ForwardRecord, t_from: float, t_to: float, dt: float | None, norm: Norm
 ) -> SolveOptions:
@@ -167,8 +172,9 @@ def backward_options(
     prob = ODEProblem(lambda t, y: y, torch.zeros(1), (t_from, t_to))
     common = dict(saveat=[t_to], internalnorm=norm, max_steps=opts.max_steps, dense=False)
     if opts.adaptive and solver.adaptive:
-        rtol = sensealg.rtol if sensealg.rtol is not None else opts.rtol
-        atol = sensealg.atol if sensealg.atol is not None else opts.atol
+        # Per-element tolerances are the forward state's; the adjoint state takes the tightest.
+        rtol = _scalar(sensealg.rtol if sensealg.rtol is not None else opts.rtol)
+        atol = _scalar(sensealg.atol if sensealg.atol is not None else opts.atol)
         return make_options(prob, solver, dt=dt if dt else None, rtol=rtol, atol=atol, **common)
     if opts.dt is None:
         raise ValueError(
@@ -198,7 +204,7 @@ def sweep(record: ForwardRecord, grad_ys: torch.Tensor, solve_interval: Callable
     carry a across the interval before it with `solve_interval(k, t_from, t_to, a) -> a`.
     Returns a(t0)."""
     ts = record.ts
-    a = torch.zeros_like(record.ys[0])
+    a = record.ys.new_zeros(record.layout.numel)
     for k in range(len(ts) - 1, -1, -1):
         a = a + grad_ys[k]
         t_to = ts[k - 1] if k > 0 else record.t0
@@ -265,6 +271,8 @@ class AbstractAdjoint(AbstractSensitivityAlgorithm):
     rtol: float | None = None
     atol: float | None = None
     internalnorm: Norm | None = None
+    # Refuse f closing over tensors outside `params`; torchdiffeq's `adjoint_params=` turns it off.
+    _check_closure: bool = dataclasses.field(default=True, repr=False)
 
     @abc.abstractmethod
     def backward_sweep(
@@ -299,8 +307,8 @@ class AbstractAdjoint(AbstractSensitivityAlgorithm):
         t0, t1 = prob.tspan
         times = [t if isinstance(t, torch.Tensor) and t.requires_grad else None for t in (t0, t1)]
         saveat = opts.saveat_tensor
-        if torch.is_grad_enabled():
-            check = Stats()
+        check = Stats()
+        if torch.is_grad_enabled() and self._check_closure:
             VectorField(prob, layout, params, check).check_closure(
                 float(t0.detach()) if isinstance(t0, torch.Tensor) else float(t0), y0
             )
@@ -351,6 +359,8 @@ class _AdjointFunction(torch.autograd.Function):
             dense=sol.dense,
             data=data,
         )
+        # Kept only to mark the gradients under create_graph=True (see `_first_order_only`).
+        ctx.save_for_backward(y0, t0, t1, saveat, *params)
         ctx.wants = (t0 is not None, t1 is not None, saveat is not None)
         ctx.saveat_dtype = saveat.dtype if saveat is not None else None
         ctx.saveat_device = saveat.device if saveat is not None else None
@@ -362,7 +372,11 @@ class _AdjointFunction(torch.autograd.Function):
         sensealg, record = ctx.sensealg, ctx.record
         stats = Stats()
         vf = VectorField(record.prob, record.layout, record.params, stats)
-        with torch.no_grad():
+        # The sweep is the solver's own arithmetic: never under autocast, whatever the caller's
+        # context (f, wrapped by `solve`, still runs under the autocast of the forward pass).
+        device_type = record.layout.device.type
+        no_autocast = torch.autocast(device_type, enabled=False) if device_type in ("cpu", "cuda") else nullcontext()
+        with torch.no_grad(), no_autocast:
             grads = sensealg.backward_sweep(record, grad_ys.detach(), vf, stats)
         solution = ctx.solution()
         if solution is not None:
@@ -395,26 +409,33 @@ class _AdjointFunction(torch.autograd.Function):
         if torch.is_grad_enabled():
             # backward(create_graph=True): a gradient penalty or a Hessian would differentiate these
             # gradients again, which the adjoint does not record. Make that an error, not a zero.
-            grads_out = _first_order_only(type(sensealg).__name__, grads_out)
+            inputs = [x for x in ctx.saved_tensors if x is not None and x.requires_grad]
+            grads_out = _first_order_only(type(sensealg).__name__, inputs, grads_out)
         return (None, None, None, None, None, None, None, *grads_out)
 
 
-def _first_order_only(name: str, grads: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
-    """The gradients, marked so that differentiating them raises an error naming the fix."""
+def _first_order_only(
+    name: str, inputs: list[torch.Tensor], grads: list[torch.Tensor | None]
+) -> list[torch.Tensor | None]:
+    """The gradients, marked so that differentiating them raises an error naming the fix.
+
+    The mark hangs them off the solve's own inputs: a second derivative with respect to any of
+    them then passes through it (even `autograd.grad(..., allow_unused=True)`, which skips nodes
+    off every path to its inputs and would otherwise return a silent zero).
+    """
     present = [g for g in grads if g is not None]
-    anchor = present[0].new_zeros((), requires_grad=True)  # makes the outputs require grad
-    marked = iter(_FirstOrderOnly.apply(name, anchor, *present))
+    marked = iter(_FirstOrderOnly.apply(name, len(inputs), *inputs, *present))
     return [next(marked) if g is not None else None for g in grads]
 
 
 class _FirstOrderOnly(torch.autograd.Function):
-    """The identity, whose backward raises: what an adjoint's gradients become under
-    `create_graph=True`, since the adjoint computed them without recording how."""
+    """Returns its last inputs unchanged; its backward raises. What an adjoint's gradients
+    become under `create_graph=True`, since the adjoint computed them without recording how."""
 
     @staticmethod
-    def forward(ctx, name, anchor, *grads):
+    def forward(ctx, name, n_inputs, *tensors):
         ctx.name = name
-        return tuple(g.clone() for g in grads)
+        return tuple(g.clone() for g in tensors[n_inputs:])
 
     @staticmethod
     def backward(ctx, *_):

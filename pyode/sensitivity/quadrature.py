@@ -103,7 +103,7 @@ class QuadratureAdjoint(AbstractAdjoint):
     ) -> AdjointGradients:
         norm = adjoint_norm(self, n_groups=2, keep=2)
         augmented = state_and_adjoint(vf)
-        quad = QuadratureAccumulator(vf, record.layout.numel, stats, record.ys[0])
+        quad = QuadratureAccumulator(vf, record.layout.numel, stats, record.ys)
         dt = None
 
         def interval(k: int, t_from: float, t_to: float, a: torch.Tensor) -> torch.Tensor:
