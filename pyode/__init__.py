@@ -1,6 +1,6 @@
 """pyode: fast training of neural differential equations in PyTorch."""
 
-# The Julia engine's juliacall must be imported before torch (JULIA-NOTES §1.5). With
+# The Julia engine's juliacall must be imported before torch (see `backends/julia/_runtime.py`). With
 # PYODE_JULIA=1 it is, here; otherwise `import pyode` never starts Julia.
 from .backends.julia import _runtime as _julia_runtime
 
