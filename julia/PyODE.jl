@@ -17,6 +17,7 @@ module PyODE
 
 using ChainRulesCore: ChainRulesCore
 using ComponentArrays: ComponentArray, getaxes, getdata
+using Logging: Logging
 using Lux: Lux
 using OrdinaryDiffEqHighOrderRK: DP8
 using OrdinaryDiffEqLowOrderRK: BS3, DP5, Euler, Heun, Midpoint, RK4
@@ -36,8 +37,11 @@ version() = VERSION_TAG
 # ---------------------------------------------------------------------------------------
 
 # OrdinaryDiffEq 7 no longer exports these from the umbrella package, hence the sublibraries.
-# Midpoint, Heun and RK4 are adaptive in SciML; pyode steps them with a fixed dt, so the
-# Python side passes `adaptive=false` for them.
+# Midpoint and RK4 are adaptive in SciML (`<: OrdinaryDiffEqAdaptiveAlgorithm`,
+# OrdinaryDiffEqLowOrderRK src/algorithms.jl:65, :86) but fixed-step in pyode, so Python sends
+# `adaptive=false` for them, as for Euler. Heun is adaptive in both, with the same error
+# estimate (dt/2·(k2 - k1), fixed_timestep_perform_step.jl:84-96): Python sends pyode's own
+# `adaptive` flag, true unless the user asked for fixed steps.
 const SOLVERS = Dict{String, Any}(
     "Euler" => Euler,
     "Midpoint" => Midpoint,
@@ -51,6 +55,10 @@ const SOLVERS = Dict{String, Any}(
 
 # Each entry takes the `checkpointing` flag. BacksolveAdjoint defaults to checkpointing=true
 # in SciMLSensitivity; pyode's BacksolveAdjoint is the plain one, so it is switched off.
+# InterpolatingAdjoint's checkpointing re-solves each interval between save points forward
+# with only reltol and abstol (SciMLSensitivity 7.112.3 src/interpolating_adjoint.jl:89-92,
+# 246-251): no `adaptive=false`, and no dt for the first interval. So it is only sent with
+# adaptive steps (Python maps it off for fixed steps; `solve_forward` refuses the rest).
 # DirectAdjoint (differentiate the solver's own operations) is ReverseDiffAdjoint: CPU only.
 const SENSEALGS = Dict{String, Any}(
     "DirectAdjoint" => (checkpointing -> ReverseDiffAdjoint()),
@@ -181,6 +189,64 @@ function (s::SemiNorm)(u::AbstractArray, t)
 end
 
 # ---------------------------------------------------------------------------------------
+# Julia's log during a solve: captured, returned to Python, read for failures
+# ---------------------------------------------------------------------------------------
+
+"""
+    CapturedLog()
+
+A logger that keeps every message of level Warn and above instead of printing it. Python
+calls into this module with the GIL released, and then Julia must not touch Python: in
+Jupyter, Julia's stderr is a pipe that a PythonCall task copies into Python's sys.stderr
+(PythonCall 0.9.34 pysrc/juliacall/ipython.py:70-87), so a printed warning could run Python
+code without the GIL. The messages go back to Python, which re-emits them as warnings.
+"""
+struct CapturedLog <: Logging.AbstractLogger
+    messages::Vector{String}
+end
+CapturedLog() = CapturedLog(String[])
+
+Logging.min_enabled_level(::CapturedLog) = Logging.Warn
+Logging.shouldlog(::CapturedLog, level, _module, group, id) = true
+Logging.catch_exceptions(::CapturedLog) = true
+function Logging.handle_message(log::CapturedLog, level, message, _module, group, id, file, line; kwargs...)
+    push!(log.messages, string(message))
+    return nothing
+end
+
+"Run `f()` with Julia's log captured; return `(f(), messages)`."
+function captured(f)
+    log = CapturedLog()
+    value = Logging.with_logger(f, log)
+    return value, log.messages
+end
+
+# Every failure `check_error` detects is reported through SciMLLogging as "Verbosity toggle:
+# <reason> \n <text>" (DiffEqBase check_error.jl:16-24 and 76-115; SciMLLogging 2.0.3
+# src/utils.jl:29-60), at Warn level by default (DiffEqBase verbosity.jl). The reverse solve's
+# return code itself is dropped by SciMLSensitivity (sensitivity_interface.jl:487-525,
+# gauss_adjoint.jl:847-869), so this log is the only place a failed reverse solve shows.
+const FAILURE_TOGGLES = Dict{String, String}(
+    "max_iters" => "MaxIters",
+    "dt_min_unstable" => "DtLessThanMin",
+    "dt_epsilon" => "Unstable",
+    "instability" => "Unstable",
+    "dt_NaN" => "DtNaN",
+    "newton_convergence" => "ConvergenceFailure",
+)
+
+"The return code named by the first solver failure in `messages`, or \"Success\"."
+function failure_in(messages::Vector{String})
+    for message in messages
+        m = match(r"^Verbosity toggle: (\w+)", message)
+        m === nothing && continue
+        code = get(FAILURE_TOGGLES, m.captures[1], nothing)
+        code === nothing || return code
+    end
+    return "Success"
+end
+
+# ---------------------------------------------------------------------------------------
 # Solve and pull back
 # ---------------------------------------------------------------------------------------
 
@@ -190,7 +256,7 @@ function solve_keywords(
     kw = (; reltol = T(rtol), abstol = T(atol), adaptive, maxiters = Int(maxiters))
     if saveat !== nothing
         # Saved exactly at `saveat`, as in pyode. Explicit because SciMLSensitivity's adjoint
-        # methods default save_start and save_end to true (concrete_solve.jl).
+        # methods default save_start and save_end to true (concrete_solve.jl:538).
         s = Vector{Float64}(saveat)
         kw = merge(kw, (; saveat = s, save_start = tspan[1] in s, save_end = tspan[2] in s))
     end
@@ -219,8 +285,8 @@ flat_tangent(g::AbstractArray, len::Int, ::Type{T}) where {T} = checked_length(V
 function flat_tangent(g::NamedTuple, len::Int, ::Type{T}) where {T}
     return flat_tangent(hasproperty(g, :data) ? g.data : ComponentArray(g), len, T)
 end
-function flat_tangent(g, len::Int, ::Type{T}) where {T}
-    error("PyODE: a gradient of unexpected type $(typeof(g)); please report it with this message")
+function flat_tangent(g, ::Int, ::Type)
+    return error("PyODE: a gradient of unexpected type $(typeof(g)); please report it with this message")
 end
 
 function checked_length(v::Vector, len::Int)
@@ -231,31 +297,39 @@ end
 """
     Pullback
 
-Zygote's pullback of one solve, kept by Python's autograd.Function until backward, so the
-forward solve is not repeated. Called with the flat cotangent of the saved states (C order
-of Python's (T, n), which is column-major (n, T)); returns (∂u0, ∂θ, evaluations of f).
+Zygote's pullback of one successful solve, kept by Python's autograd.Function until
+backward, so the forward solve is not repeated. Called with the flat cotangent of the saved
+states (C order of Python's (T, n), which is column-major (n, T)); returns
+`(∂u0, ∂θ, evaluations of f, return code of the reverse pass, log messages)`. The return
+code is "Success" unless a solve inside the pullback (the reverse solve, a checkpoint
+re-solve) reported a failure in the log.
 """
-struct Pullback{B, T}
+struct Pullback{B, T, S}
     back::B
     ysize::Tuple{Int, Int}
     n::Int
     np::Int
 end
 
-function (pb::Pullback{B, T})(gY::AbstractVector) where {B, T}
+function (pb::Pullback{B, T, S})(gY::AbstractVector) where {B, T, S}
     before = NFE[]
-    G = reshape(Vector{T}(gY), pb.ysize)
-    gx, gp = pb.back(G)
-    return (flat_tangent(gx, pb.n, T), flat_tangent(gp, pb.np, T), NFE[] - before)
+    # S is the element type of the differentiated output, which is not T when SciMLSensitivity
+    # interpolated the save points in the Float64 time type (see `solve_forward`).
+    G = reshape(Vector{S}(gY), pb.ysize)
+    (gx, gp), messages = captured(() -> pb.back(G))
+    return (
+        flat_tangent(gx, pb.n, T), flat_tangent(gp, pb.np, T), NFE[] - before, failure_in(messages), messages,
+    )
 end
 
 """
     solve_forward(model, θ, u0, t0, t1, saveat; solver, sensealg, kwargs...)
 
 Solve du/dt = model(u; θ) from t0 to t1 and return
-`(Y, retcode, nf, naccept, nreject, t, pullback)`: the states at the save times as an
-(n, T) matrix, the return code's name ("Success", "MaxIters", ...), the forward statistics,
-the times saved, and a `Pullback` (`nothing` when `differentiate=false` or the solve failed).
+`(Y, retcode, nf, naccept, nreject, t, pullback, messages)`: the states at the save times as
+an (n, T) matrix of u0's element type, the return code's name ("Success", "MaxIters", ...),
+the forward statistics, the times saved, a `Pullback` (`nothing` when `differentiate=false`
+or the solve did not succeed) and Julia's log messages (warnings) during the solve.
 
 `saveat === nothing` saves every step. `seminorm=true` drops the parameter adjoint from the
 reverse solve's step control (BacksolveAdjoint and InterpolatingAdjoint).
@@ -273,6 +347,7 @@ function solve_forward(
         throw(ArgumentError("PyODE: θ has $(length(θ)) entries; the model has $(model.nparams)"))
     rem(length(u0), model.nin) == 0 ||
         throw(ArgumentError("PyODE: u0 has $(length(u0)) entries, not a multiple of the input size $(model.nin)"))
+    check_request(sensealg, checkpointing, adaptive, t1, saveat)
     alg = algorithm(solver)
     sense = sensitivity(sensealg, checkpointing)
     # One copy of θ and u0 into native Vectors: a PyArray is not a DenseArray, and BLAS is.
@@ -294,29 +369,69 @@ function solve_forward(
         end
         return Array(sol)
     end
-    local Y, pullback
-    if differentiate
+    (Y, pullback), messages = captured() do
+        differentiate || return (run(x0, p), nothing)
         try
-            Y, back = Zygote.pullback(run, x0, p)
-            pullback = Pullback{typeof(back), T}(back, size(Y), n, length(p))
+            out, back = Zygote.pullback(run, x0, p)
+            # No pullback of a failed solve: SciMLSensitivity would differentiate whatever
+            # was saved (a ReverseDiff tape; sol.u for Backsolve, and for every continuous
+            # adjoint without saveat, concrete_solve.jl:713-717, 740-750) and return a wrong
+            # gradient, or fail to extrapolate. SciMLSensitivity checks no return code there.
+            SciMLBase.successful_retcode(first(info[])) || return (out, nothing)
+            return (out, Pullback{typeof(back), T, eltype(out)}(back, size(out), n, length(p)))
         catch
             # The continuous adjoints evaluate the forward solution at the save times, which
             # fails when the solve stopped early. Solve again without AD: a failed solve is
             # reported with its return code and partial states (and no gradient); anything
             # else is a real error.
-            Y = run(x0, p)
+            out = run(x0, p)
             SciMLBase.successful_retcode(first(info[])) && rethrow()
-            pullback = nothing
+            return (out, nothing)
         end
-    else
-        Y = run(x0, p)
-        pullback = nothing
     end
     retcode, stats, ts = info[]
     return (
-        Y, String(Symbol(retcode)), statistic(stats, :nf), statistic(stats, :naccept),
-        statistic(stats, :nreject), ts, pullback,
+        as_eltype(T, Y), String(Symbol(retcode)), statistic(stats, :nf), statistic(stats, :naccept),
+        statistic(stats, :nreject), ts, pullback, messages,
     )
+end
+
+# With saveat, InterpolatingAdjoint and GaussAdjoint return `sol(ts)` (SciMLSensitivity
+# concrete_solve.jl:751-757), interpolated in the time type: Θ = (t - t₋)/dt is Float64
+# (OrdinaryDiffEqCore dense/generic_dense.jl:833-870), so Tsit5's y₀ + dt·Σ kᵢ·bᵢ(Θ)
+# (OrdinaryDiffEqTsit5 interpolants.jl:42-53) is Float64 for a Float32 state. The states go
+# back in u0's type; the Pullback converts the cotangent to the differentiated output's type.
+as_eltype(::Type{T}, Y::AbstractArray{T}) where {T} = Y
+as_eltype(::Type{T}, Y::AbstractArray) where {T} = convert(Array{T}, Y)
+
+"""
+    check_request(sensealg, checkpointing, adaptive, t1, saveat)
+
+Refuse the requests SciMLSensitivity would answer wrongly. Python's side
+(`pyode/backends/julia/_request.py`) never sends them; this is the contract's second line.
+"""
+function check_request(sensealg::AbstractString, checkpointing::Bool, adaptive::Bool, t1::Real, saveat)
+    if sensealg == "InterpolatingAdjoint" && checkpointing && !adaptive
+        throw(
+            ArgumentError(
+                "PyODE: InterpolatingAdjoint with checkpointing needs adaptive steps: SciMLSensitivity " *
+                    "re-solves each checkpoint interval with only reltol and abstol, so fixed steps would " *
+                    "error (Euler) or be re-solved adaptively. Send checkpointing=false for fixed steps"
+            )
+        )
+    end
+    # BacksolveAdjoint starts the reverse solve at t1 from the last saved state (SciMLSensitivity
+    # adjoint_common.jl:91 `y = copy(state_values(sol)[end])`, backsolve_adjoint.jl:173, 229-231),
+    # which is y(t1) only when t1 is saved (concrete_solve.jl:689-694 passes save_end through).
+    if sensealg == "BacksolveAdjoint" && saveat !== nothing && !(Float64(t1) in Vector{Float64}(saveat))
+        throw(
+            ArgumentError(
+                "PyODE: BacksolveAdjoint needs t1 among the save times (its reverse solve starts at t1 " *
+                    "from the last saved state); add t1 to saveat and drop that column"
+            )
+        )
+    end
+    return nothing
 end
 
 # ---------------------------------------------------------------------------------------

@@ -144,8 +144,25 @@ def keyword_parameters(root: Node, function: str) -> set[str]:
     raise LookupError(f"no long-form definition of {function}")
 
 
-def dict_keys(root: Node, const: str) -> list[str]:
-    """The string keys of `const NAME = Dict{...}("key" => value, ...)`."""
+def return_arity(root: Node, signature: str) -> int:
+    """The number of values the last `return (a, b, ...)` of a long-form function returns; the
+    function is the first whose signature starts with `signature` (e.g. "solve_forward(")."""
+    for node in walk(root):
+        if node.type != "function_definition":
+            continue
+        sig = next((c for c in node.children if c.type == "signature"), None)
+        if sig is None or not text(sig).startswith(signature):
+            continue
+        returns = [n for n in walk(node) if n.type == "return_statement"]
+        value = returns[-1].children[1]
+        if value.type != "tuple_expression":
+            return 1
+        return sum(1 for c in value.children if c.type not in ("(", ")", ","))
+    raise LookupError(f"no long-form definition starting {signature}")
+
+
+def dict_items(root: Node, const: str) -> list[tuple[str, str]]:
+    """(key, value source) of `const NAME = Dict{...}("key" => value, ...)`; keys are string literals."""
     for node in walk(root):
         if node.type != "const_statement":
             continue
@@ -154,14 +171,19 @@ def dict_keys(root: Node, const: str) -> list[str]:
             continue
         call = assignment.children[2]
         args = next(c for c in call.children if c.type == "argument_list")
-        keys = []
+        items = []
         for pair in (c for c in args.children if c.type == "binary_expression"):
-            key = pair.children[0]
+            key, value = pair.children[0], pair.children[-1]
             if key.type != "string_literal":
                 raise ValueError(f"{const}: a key that is not a string literal: {text(key)}")
-            keys.append(text(key).strip('"'))
-        return keys
+            items.append((text(key).strip('"'), text(value)))
+        return items
     raise LookupError(f"no const {const}")
+
+
+def dict_keys(root: Node, const: str) -> list[str]:
+    """The string keys of `const NAME = Dict{...}("key" => value, ...)`."""
+    return [key for key, _ in dict_items(root, const)]
 
 
 if __name__ == "__main__":

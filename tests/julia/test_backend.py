@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import types
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,10 @@ import pytest
 import torch
 
 import pyode
-from pyode.backends.julia import JuliaUnavailable, _runtime
+from pyode.backends.julia import JuliaLogWarning, JuliaUnavailable, _runtime
 from pyode.julia import Chain, Dense
 
-from .fake_julia import FakePyODE
+from .fake_julia import FakePyODE, JuliaError
 
 ROOT = Path(__file__).resolve().parents[2]
 DTYPES = [torch.float32, torch.float64]
@@ -260,25 +261,48 @@ def test_failed_solves_raise_or_return_their_code(fake, julia_code, code):
     fake.forced_retcode = julia_code
     prob = pyode.ODEProblem(chain(), ones(2), (0.0, 1.0))
     with pytest.raises(pyode.SolveError, match=f"SciML ReturnCode.{julia_code}") as info:
-        pyode.solve(prob, pyode.Tsit5(), backend="julia")
+        with pytest.warns(JuliaLogWarning):  # SciML's report of the failure
+            pyode.solve(prob, pyode.Tsit5(), backend="julia")
     assert info.value.retcode is pyode.ReturnCode[code] and info.value.solution is not None
-    sol = pyode.solve(prob, pyode.Tsit5(), backend="julia", throw=False)
+    with pytest.warns(JuliaLogWarning):
+        sol = pyode.solve(prob, pyode.Tsit5(), backend="julia", throw=False)
     assert sol.retcode is pyode.ReturnCode[code]
 
 
-def test_no_gradient_of_a_failed_solve(fake):
+@pytest.mark.parametrize(
+    "sensealg", [pyode.DirectAdjoint(), pyode.BacksolveAdjoint(), pyode.GaussAdjoint()], ids=lambda s: type(s).__name__
+)
+def test_no_gradient_of_a_failed_solve(fake, sensealg):
+    # Finding 4: SciMLSensitivity hands back a pullback of a failed solve (it differentiates the
+    # partial solution); the stand-in does too, and it must never be called.
     fake.forced_retcode = "MaxIters"
-    sol = pyode.solve(pyode.ODEProblem(chain(), ones(2), (0.0, 1.0)), pyode.Tsit5(), backend="julia", throw=False)
-    with pytest.raises(RuntimeError, match=r"ReturnCode.MaxIters, so it has no gradient"):
+    prob = pyode.ODEProblem(chain(), ones(2), (0.0, 1.0))
+    with pytest.warns(JuliaLogWarning, match="max_iters"):
+        sol = pyode.solve(prob, pyode.Tsit5(), backend="julia", throw=False, sensealg=sensealg)
+    with pytest.raises(pyode.SolveError, match=r"ReturnCode.MaxIters, so it has no gradient") as info:
         sol.y.sum().backward()
+    assert info.value.retcode is pyode.ReturnCode.MaxIters
+    assert fake.pullback_calls == 0
+
+
+def test_partial_solution_keeps_its_last_save_with_backsolve(fake):
+    # t1 is added for BacksolveAdjoint and dropped again, but only when it was reached.
+    prob = pyode.ODEProblem(chain(), ones(2), (0.0, 1.0))
+    kw = dict(saveat=torch.linspace(0, 0.9, 10), rtol=1e-12, max_steps=3, throw=False)
+    sol = pyode.solve(prob, pyode.Tsit5(), **kw)
+    with pytest.warns(JuliaLogWarning):
+        jl = pyode.solve(prob, pyode.Tsit5(), backend="julia", sensealg=pyode.BacksolveAdjoint(), **kw)
+    assert fake.calls[-1]["saveat"][-1] == 1.0
+    assert jl.retcode is pyode.ReturnCode.MaxIters and torch.equal(jl.t, sol.t) and len(jl.t) < 10
 
 
 def test_partial_solution_when_julia_stops_early(fake):
     prob = pyode.ODEProblem(chain(), ones(2), (0.0, 1.0))
     sol = pyode.solve(prob, pyode.Tsit5(), saveat=torch.linspace(0, 1, 11), rtol=1e-12, max_steps=3, throw=False)
-    jl = pyode.solve(
-        prob, pyode.Tsit5(), saveat=torch.linspace(0, 1, 11), rtol=1e-12, max_steps=3, throw=False, backend="julia"
-    )
+    with pytest.warns(JuliaLogWarning, match="max_iters"):
+        jl = pyode.solve(
+            prob, pyode.Tsit5(), saveat=torch.linspace(0, 1, 11), rtol=1e-12, max_steps=3, throw=False, backend="julia"
+        )
     assert jl.retcode is pyode.ReturnCode.MaxIters and len(jl.t) == len(sol.t) < 11
     assert jl.y.shape[0] == len(jl.t)
 
@@ -307,6 +331,7 @@ REFUSALS = [
     ({"dense": True}, NotImplementedError, "dense=True"),
     ({"regularize": True}, NotImplementedError, "regularizers"),
     ({"saveat": torch.linspace(0, 1, 3, requires_grad=True)}, NotImplementedError, "times"),
+    ({"rtol": torch.tensor([1e-6, 1e-3])}, NotImplementedError, "per-element rtol/atol"),
 ]
 
 
@@ -530,3 +555,198 @@ def test_local_regularization_on_the_julia_engine(fake):
     torch.testing.assert_close(jl.stiffness_estimate, pt.stiffness_estimate, rtol=1e-9, atol=0)
     (jl.y.sum() + jl.error_estimate + jl.stiffness_estimate).backward()
     assert vf.theta.grad is not None and torch.isfinite(vf.theta.grad).all()
+
+
+# ----------------------------------------------------------------------------------------
+# What SciMLSensitivity answers wrongly, repaired or refused before it gets there (issue 11).
+# The stand-in answers these requests as SciMLSensitivity does (see fake_julia.py), so each
+# test fails against a Python side that forwards them unchanged.
+# ----------------------------------------------------------------------------------------
+
+
+def gradients(sol, vf, y0, weights):
+    return torch.autograd.grad((sol.y * weights).sum(), (vf.theta, y0), allow_unused=True)
+
+
+@pytest.mark.parametrize(
+    ("solver", "kw", "checkpointing"),
+    [
+        (pyode.Euler(), {"dt": 0.05}, False),
+        (pyode.Midpoint(), {"dt": 0.05}, False),
+        (pyode.RK4(), {"dt": 0.05}, False),
+        (pyode.DP5(), {"dt": 0.05, "adaptive": False}, False),
+        (pyode.Heun(), {}, True),
+        (pyode.Tsit5(), {}, True),
+    ],
+    ids=["Euler", "Midpoint", "RK4", "DP5-fixed", "Heun", "Tsit5"],
+)
+def test_interpolating_adjoint_checkpoints_only_adaptive_solves(fake, solver, kw, checkpointing):
+    # Finding 1: SciMLSensitivity re-solves checkpoint intervals with reltol/abstol only, so a
+    # fixed-step solve is sent without checkpointing: the same gradient, more memory.
+    torch.manual_seed(2)
+    vf = chain()
+    y0 = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    kw = dict(kw, saveat=torch.linspace(0, 1, 5))
+    jl, pt = both_engines(vf, y0, solver, sensealg=pyode.InterpolatingAdjoint(), **kw)
+    assert fake.calls[-1]["checkpointing"] is checkpointing
+    if checkpointing:
+        return
+    weights = torch.randn(jl.y.shape, dtype=torch.float64)
+    pt = pyode.solve(pyode.ODEProblem(vf, y0, (0.0, 1.0)), solver, sensealg=pyode.DirectAdjoint(), **kw)
+    # The stand-in differentiates the fixed-step solve exactly, as DirectAdjoint does: rounding only.
+    for a, b in zip(gradients(jl, vf, y0, weights), gradients(pt, vf, y0, weights)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_the_stand_in_models_the_checkpoint_re_solve(fake, monkeypatch):
+    # What the repair above avoids: the request reaching SciMLSensitivity unchanged.
+    from pyode.backends.julia import _solve
+
+    def unchanged(*args, **kwargs):
+        request = build_request(*args, **kwargs)
+        request.kwargs["checkpointing"] = True
+        return request
+
+    build_request = _solve.build_request
+    monkeypatch.setattr(_solve, "build_request", unchanged)
+    prob = pyode.ODEProblem(chain(), ones(2), (0.0, 1.0))
+    sol = pyode.solve(prob, pyode.Euler(), dt=0.1, sensealg=pyode.InterpolatingAdjoint(), backend="julia")
+    with pytest.raises(JuliaError, match="Fixed timestep methods require a choice of dt"):
+        sol.y.sum().backward()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_backsolve_saves_t1_and_drops_it_again(fake, dtype):
+    # Finding 2: SciMLSensitivity's BacksolveAdjoint starts the reverse solve at t1 from the last
+    # saved state, which is y(t1) only if t1 is saved.
+    torch.manual_seed(3)
+    vf = chain(dtype)
+    y0 = torch.randn(3, 2, dtype=dtype, requires_grad=True)
+    ts = torch.linspace(0, 0.8, 5)
+    jl, pt = both_engines(vf, y0, saveat=ts, sensealg=pyode.BacksolveAdjoint())
+    sent = fake.calls[-1]["saveat"]
+    assert sent[-1] == 1.0 and len(sent) == 6
+    torch.testing.assert_close(jl.t, ts.double())
+    assert jl.y.shape == (5, 3, 2)
+    torch.testing.assert_close(jl.y, pt.y, rtol=TOL[dtype], atol=TOL[dtype])
+    weights = torch.randn(jl.y.shape, dtype=dtype)
+    pt = pyode.solve(pyode.ODEProblem(vf, y0, (0.0, 1.0)), pyode.Tsit5(), saveat=ts, sensealg=pyode.DirectAdjoint())
+    for a, b in zip(gradients(jl, vf, y0, weights), gradients(pt, vf, y0, weights)):
+        torch.testing.assert_close(a, b, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@pytest.mark.parametrize(
+    "sensealg", [pyode.InterpolatingAdjoint(), pyode.GaussAdjoint()], ids=lambda s: type(s).__name__
+)
+def test_float32_states_interpolated_in_float64_come_back_float32(fake, sensealg):
+    # Finding 3: with save times these adjoints interpolate in the Float64 time type.
+    torch.manual_seed(4)
+    vf = chain(torch.float32)
+    y0 = torch.randn(3, 2, dtype=torch.float32, requires_grad=True)
+    jl, pt = both_engines(vf, y0, saveat=torch.linspace(0, 1, 4), sensealg=sensealg)
+    assert jl.y.dtype == torch.float32
+    torch.testing.assert_close(jl.y, pt.y, rtol=TOL[torch.float32], atol=TOL[torch.float32])
+    g_theta, g_y0 = torch.autograd.grad(jl.y.sum(), (vf.theta, y0))
+    assert g_theta.dtype == g_y0.dtype == torch.float32
+
+
+@pytest.mark.parametrize("code", ["MaxIters", "DtLessThanMin", "Unstable"])
+def test_a_failed_reverse_pass_raises_on_backward(fake, code):
+    # Finding 5: SciMLSensitivity drops the reverse solve's return code; PyODE.jl reads a
+    # failure from the solver's log and the backward pass raises it.
+    fake.reverse_retcode = code
+    vf = chain()
+    sol = pyode.solve(
+        pyode.ODEProblem(vf, ones(2), (0.0, 1.0)), pyode.Tsit5(), sensealg=pyode.BacksolveAdjoint(), backend="julia"
+    )
+    with pytest.warns(JuliaLogWarning, match="Verbosity toggle"):
+        with pytest.raises(
+            pyode.SolveError, match=rf"backward pass of the Julia solve failed with ReturnCode.{code}"
+        ) as info:
+            sol.y.sum().backward()
+    assert info.value.retcode is pyode.ReturnCode[code] and info.value.solution is sol
+    assert vf.theta.grad is None
+    assert sol.adjoint_stats.nfe == 7  # the evaluations are still counted
+
+
+def test_julia_log_messages_become_python_warnings(fake):
+    fake.forced_retcode = "MaxIters"
+    prob = pyode.ODEProblem(chain(), ones(2), (0.0, 1.0))
+    with pytest.warns(JuliaLogWarning, match=r"^Julia: Verbosity toggle: max_iters"):
+        pyode.solve(prob, pyode.Tsit5(), backend="julia", throw=False)
+
+
+# ----------------------------------------------------------------------------------------
+# Finding 7: signals, double backward, the GIL, sol(t)
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "xoptions", "expected"),
+    [
+        ({}, {}, None),
+        ({"JULIA_NUM_THREADS": "1"}, {}, None),
+        ({"PYTHON_JULIACALL_THREADS": "4"}, {}, "yes"),
+        ({"JULIA_NUM_THREADS": "2,1"}, {}, "yes"),
+        ({"JULIA_NUM_THREADS": "auto"}, {}, "yes" if (os.cpu_count() or 1) > 1 else None),
+        ({"PYTHON_JULIACALL_THREADS": "1", "JULIA_NUM_THREADS": "8"}, {}, None),
+        ({}, {"juliacall-threads": "3"}, "yes"),
+        ({"PYTHON_JULIACALL_THREADS": "4", "PYTHON_JULIACALL_HANDLE_SIGNALS": "no"}, {}, "no"),
+        ({"PYTHON_JULIACALL_THREADS": "4"}, {"juliacall-handle-signals": "no"}, None),
+    ],
+)
+def test_julia_handles_signals_only_with_threads(tmp_path, monkeypatch, env, xoptions, expected):
+    # With one Julia thread Python keeps its signals (Ctrl-C); with more, PythonCall needs Julia's.
+    (tmp_path / "juliacall.py").write_text(
+        "import os\nHANDLE_SIGNALS = os.environ.get('PYTHON_JULIACALL_HANDLE_SIGNALS')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(sys.modules, "juliacall", None)
+    monkeypatch.delitem(sys.modules, "juliacall")
+    for name in ("PYTHON_JULIACALL_THREADS", "JULIA_NUM_THREADS", "PYTHON_JULIACALL_HANDLE_SIGNALS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for name, value in xoptions.items():
+        monkeypatch.setitem(sys._xoptions, name, value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pyode.backends.julia.JuliaImportOrderWarning)
+        juliacall = _runtime.import_juliacall()
+    assert juliacall.HANDLE_SIGNALS == expected
+
+
+def test_backward_is_once_differentiable(fake):
+    vf = chain()
+    y0 = ones(2).requires_grad_(True)
+    sol = pyode.solve(
+        pyode.ODEProblem(vf, y0, (0.0, 1.0)), pyode.Tsit5(), sensealg=pyode.GaussAdjoint(), backend="julia"
+    )
+    (g,) = torch.autograd.grad(sol.y.pow(2).sum(), vf.theta, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        g.sum().backward()
+
+
+def test_julia_calls_release_the_gil(fake):
+    vf = chain()
+    sol = pyode.solve(
+        pyode.ODEProblem(vf, ones(2), (0.0, 1.0)), pyode.Tsit5(), sensealg=pyode.GaussAdjoint(), backend="julia"
+    )
+    sol.y.sum().backward()
+    assert fake.gil == [("solve_forward", "nogil"), ("pullback", "nogil")]
+
+
+def test_sol_t_is_refused_by_name_on_the_julia_engine(fake):
+    sol = pyode.solve(pyode.ODEProblem(chain(), ones(2), (0.0, 1.0)), pyode.Tsit5(), backend="julia")
+    with pytest.raises(ValueError, match=r"sol\(t\) is not available on the Julia engine.*saveat="):
+        sol(0.5)
+
+
+def test_local_regularization_without_saveat_on_the_julia_engine(fake):
+    vf = chain()
+    prob = pyode.ODEProblem(vf, torch.randn(3, 2, dtype=torch.float64), (0.0, 1.0))
+    sol = pyode.solve(
+        prob, pyode.Tsit5(), sensealg=pyode.GaussAdjoint(), regularize=pyode.LocalRegularization(), backend="julia"
+    )
+    assert torch.isfinite(sol.error_estimate) and torch.isfinite(sol.stiffness_estimate)
+    (sol.y.sum() + sol.error_estimate + sol.stiffness_estimate).backward()
+    assert torch.isfinite(vf.theta.grad).all()

@@ -8,18 +8,21 @@ in tests_julia/.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import pyode
-from pyode.backends.julia import _request, _runtime
+from pyode.backends.julia import _marshal, _request, _runtime
 from pyode.solve import make_options
 
 from . import jlsyntax
+from .fake_julia import FakePyODE
 
 ROOT = Path(__file__).resolve().parents[2]
 JULIA_FILES = sorted((ROOT / "julia").rglob("*.jl"))
@@ -33,6 +36,18 @@ ALLOWED: dict[str, set[str]] = {
     "ChainRulesCore": {"ChainRulesCore", "ignore_derivatives", "AbstractZero"},
     # src/ComponentArrays.jl: export ComponentArray, ..., getaxes, getdata.
     "ComponentArrays": {"ComponentArray", "getaxes", "getdata"},
+    # The standard library's logger interface (Julia manual, Logging: AbstractLogger with
+    # handle_message, shouldlog, min_enabled_level, catch_exceptions; with_logger; Warn).
+    "Logging": {
+        "Logging",
+        "AbstractLogger",
+        "handle_message",
+        "shouldlog",
+        "min_enabled_level",
+        "catch_exceptions",
+        "with_logger",
+        "Warn",
+    },
     # src/Lux.jl: export Chain, Dense; LuxCore.setup re-exported; NNlib activations re-exported.
     "Lux": {"Lux", "Chain", "Dense", "setup", "relu", "sigmoid", "softplus", "swish"},
     # lib/OrdinaryDiffEqHighOrderRK/src/OrdinaryDiffEqHighOrderRK.jl:36 `export ..., DP8, ...`.
@@ -65,6 +80,8 @@ STDLIB_FOR_TESTS = {"Test", "LinearAlgebra"}
 UUIDS = {
     "ChainRulesCore": "d360d2e6-b24c-11e9-a2a3-2a2ae2dbcce4",
     "ComponentArrays": "b0b7db55-cfe3-40fc-9ded-d10e2dbeff66",
+    # a standard library; its uuid from SciMLLogging 2.0.3's Project.toml [deps]
+    "Logging": "56ddb016-857b-54e1-b83d-db4d58db5568",
     "Lux": "b2108857-7c20-44ae-9111-449ecde12c47",
     "OrdinaryDiffEqCore": "bbf590c4-e513-4bbe-9b18-05decba2e5d8",
     "OrdinaryDiffEqHighOrderRK": "d28bc4f8-55e1-4f49-af69-84c1a99f0f58",
@@ -142,7 +159,7 @@ def test_pyode_names_used_by_the_julia_tests_exist():
 def test_python_calls_only_what_PyODE_jl_defines():
     defined = jlsyntax.module_definitions(tree(PYODE_JL))
     source = Path(_runtime.__file__).read_text() + (Path(_runtime.__file__).parent / "_solve.py").read_text()
-    called = set(re.findall(r"\bmodule\.([A-Za-z_]\w*)\(", source))
+    called = set(re.findall(r"\bmodule\.([A-Za-z_]\w*)(?:\._jl_call_nogil)?\(", source))
     assert called == {"version", "dense", "build_model", "nparams", "solve_forward"}
     assert called <= defined
 
@@ -170,6 +187,41 @@ def test_python_keywords_match_solve_forward():
 )
 def test_one_table_of_names_on_both_sides(const, python):
     assert set(jlsyntax.dict_keys(tree(PYODE_JL), const)) == python
+
+
+def test_failures_read_from_the_julia_log_are_return_codes_python_knows():
+    toggles = {key: value.strip('"') for key, value in jlsyntax.dict_items(tree(PYODE_JL), "FAILURE_TOGGLES")}
+    # check_error's failures (DiffEqBase check_error.jl:76-115), by their SciMLLogging toggle.
+    assert {"max_iters", "dt_min_unstable", "dt_epsilon", "instability", "dt_NaN"} <= set(toggles)
+    # ConvergenceFailure (implicit solvers only) becomes ReturnCode.Failure, keeping its name.
+    assert set(toggles.values()) - set(_marshal.RETCODES) <= {"ConvergenceFailure"}
+
+
+def test_the_stand_in_returns_what_PyODE_jl_returns():
+    # The tests of the Python side run against fake_julia.py; it must answer in PyODE.jl's shape.
+    fake = FakePyODE()
+    vf = pyode.julia.Chain(pyode.julia.Dense(2, 2), dtype=torch.float64)
+    model = fake.build_model(2, fake.dense(2, 2, "identity", True))
+    theta, u0 = vf.theta.detach().numpy(), np.ones(2)
+    kw = dict(solver="Tsit5", sensealg="GaussAdjoint", seminorm=False, checkpointing=False, rtol=1e-6, atol=1e-8)
+    kw.update(dt=None, adaptive=True, dtmin=None, dtmax=None, maxiters=100, tstops=None, differentiate=True)
+    result = fake.solve_forward(model, theta, u0, 0.0, 1.0, None, **kw)
+    assert len(result) == jlsyntax.return_arity(tree(PYODE_JL), "solve_forward(") == 8
+    pulled = result[6](np.ones(np.asarray(result[0]).size))
+    assert len(pulled) == jlsyntax.return_arity(tree(PYODE_JL), "(pb::Pullback") == 5
+
+
+def test_tests_julia_compares_fixed_steps_only_for_fixed_step_solvers():
+    # tests_julia/ compares fixed-step solves to rounding; Heun is adaptive in pyode (issue 11,
+    # finding 6). Read without importing: that module may start Julia.
+    source = (ROOT / "tests_julia" / "test_julia_engine.py").read_text()
+    node = next(
+        n
+        for n in ast.parse(source).body
+        if isinstance(n, ast.Assign) and any(getattr(t, "id", None) == "FIXED" for t in n.targets)
+    )
+    fixed = set(ast.literal_eval(node.value))
+    assert fixed == {name for name in _request.SOLVERS if not getattr(pyode, name)().adaptive}
 
 
 def test_julia_version_tag_is_pyode_version():

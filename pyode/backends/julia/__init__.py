@@ -8,6 +8,7 @@ PYODE_JULIA=1 asks it to. The solve itself is in `_solve` (imported on first use
 
 from ._runtime import HOW_TO_GET_JULIA as HOW_TO_GET_JULIA
 from ._runtime import JuliaImportOrderWarning as JuliaImportOrderWarning
+from ._runtime import JuliaLogWarning as JuliaLogWarning
 from ._runtime import JuliaUnavailable as JuliaUnavailable
 from ._runtime import install as install
 from ._runtime import load as load

@@ -1,7 +1,7 @@
 """Arrays across the torch/Julia boundary without copying, and the names of what comes back.
 
 Nothing here imports juliacall, so all of it is tested without Julia. The protocol, as read
-from PythonCall's source (see `../shared/JULIA-NOTES.md` §1.2–1.3 in the project):
+from PythonCall's source (`src/Convert/numpy.jl`, `src/JlWrap/array.jl`, `src/Wrap/PyArray.jl`):
 
 - Python -> Julia: a 1-D numpy array passed to a Julia function arrives as a `PyArray`, a view
   of the numpy buffer. `Tensor.numpy()` shares memory with a CPU tensor, so a contiguous
@@ -121,10 +121,18 @@ def _check_dtype(a: np.ndarray, dtype: torch.dtype, name: str) -> None:
 
 
 def from_julia_matrix(x: Any, rows: int, dtype: torch.dtype, name: str) -> torch.Tensor:
-    """A Julia (rows, T) matrix as a (T, rows) tensor over the same memory."""
+    """A Julia (rows, T) matrix as a (T, rows) tensor over the same memory.
+
+    A float64 matrix for a float32 state is converted (a copy): with save times,
+    SciMLSensitivity's InterpolatingAdjoint and GaussAdjoint interpolate the saved states in
+    the Float64 time type (concrete_solve.jl:751-757). PyODE.jl converts them back; this is
+    the second line. Anything else of the wrong type is a bug, and raises.
+    """
     a = _as_numpy(x, name)
     if a.ndim != 2 or a.shape[0] != rows:
         raise RuntimeError(f"the Julia engine returned {name} of shape {a.shape}; expected ({rows}, T)")
+    if dtype == torch.float32 and a.dtype == np.float64:
+        return torch.from_numpy(a.T).to(dtype)
     _check_dtype(a, dtype, name)
     return torch.from_numpy(a.T)
 

@@ -40,7 +40,8 @@ SENSEALGS: dict[str, type] = {
 }
 
 SUPPORTED = (
-    f"solvers {', '.join(SOLVERS)}; sensealgs {', '.join(SENSEALGS)}; "
+    f"solvers {', '.join(SOLVERS)}; sensealgs {', '.join(SENSEALGS)} "
+    "(InterpolatingAdjoint checkpoints only with adaptive steps); "
     "vector fields pyode.julia.Chain; one CPU tensor state of float32 or float64"
 )
 
@@ -57,6 +58,9 @@ class JuliaRequest:
     saveat: np.ndarray | None
     kwargs: dict[str, Any]  # keywords of solve_forward, except `differentiate`
     sensealg: str
+    # t1 was added to the save times (BacksolveAdjoint needs it saved); its column is dropped
+    # from the solution that pyode returns.
+    added_end: bool = False
 
     @property
     def wants_grad(self) -> bool:
@@ -158,6 +162,11 @@ def build_request(
             "integrating backward in time (tspan[1] < tspan[0])",
             "SciMLSensitivity's adjoints sort the save times, which would reorder the output",
         )
+    if isinstance(opts.rtol, torch.Tensor) or isinstance(opts.atol, torch.Tensor):
+        raise _refuse(
+            "per-element rtol/atol (tensors or tuples)",
+            "the bridge sends the tolerances as two numbers; give numbers, or use the torch engine",
+        )
     if regularize not in (None, False):
         raise _refuse(
             "regularize=Regularization(...)",
@@ -176,6 +185,14 @@ def build_request(
     solver_name = _check_solver(solver)
     sensealg_name, seminorm, checkpointing = _check_sensealg(sensealg)
     t0, t1 = (float(t) for t in prob.tspan)
+    if sensealg_name == "InterpolatingAdjoint" and checkpointing and not opts.adaptive:
+        # SciMLSensitivity re-solves each checkpoint interval with only reltol and abstol
+        # (SciMLSensitivity 7.112.3 src/interpolating_adjoint.jl:89-92, 246-251): Euler then
+        # fails ("Fixed timestep methods require a choice of dt", OrdinaryDiffEqCore
+        # solve.jl:277-280) and Midpoint, RK4 or adaptive=False re-solve adaptively, a different
+        # trajectory. Without checkpointing the reverse pass reads the forward steps themselves:
+        # the same gradient, with the dense forward solution kept in memory.
+        checkpointing = False
     kwargs: dict[str, Any] = {
         "solver": solver_name,
         "sensealg": sensealg_name,
@@ -191,7 +208,14 @@ def build_request(
         "tstops": times_to_julia(opts.tstops) if opts.tstops else None,
     }
     saveat = None if opts.saveat is None else times_to_julia(opts.saveat)
-    return JuliaRequest(spec, theta, y0, t0, t1, saveat, kwargs, sensealg_name)
+    added_end = False
+    if sensealg_name == "BacksolveAdjoint" and saveat is not None and t1 not in saveat:
+        # SciMLSensitivity's reverse solve starts at t1 from the last saved state
+        # (adjoint_common.jl:91, backsolve_adjoint.jl:173, 229-231): with t1 unsaved that is the
+        # state at the last save point, and the gradient is silently wrong. Save t1 as well.
+        saveat = np.append(saveat, t1)
+        added_end = True
+    return JuliaRequest(spec, theta, y0, t0, t1, saveat, kwargs, sensealg_name, added_end)
 
 
 __all__ = ["SENSEALGS", "SOLVERS", "SUPPORTED", "JuliaRequest", "build_request"]

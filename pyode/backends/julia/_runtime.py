@@ -5,10 +5,10 @@ juliacall, which starts Julia, resolves the Julia packages through juliapkg, and
 `PyODE.jl` into a fresh module. This file imports neither torch nor the rest of pyode, so
 `pyode/__init__.py` can import it before torch (see `import_juliacall`).
 
-Hazards handled here (JULIA-NOTES §1.5): juliacall imported after torch can corrupt the heap on
+Hazards handled here (from juliacall's documentation and issues): juliacall imported after torch can corrupt the heap on
 some systems and breaks when a system libstdc++ was loaded first, so we warn when torch came
-first and say how to import in the safe order; Julia's signal handling is left to Python
-unless the user chose otherwise.
+first and say how to import in the safe order; Julia handles signals only when it runs more
+than one thread, which is when PythonCall needs it (see `_default_signal_handling`).
 """
 
 from __future__ import annotations
@@ -52,6 +52,12 @@ class JuliaImportOrderWarning(RuntimeWarning):
     """juliacall was imported after torch (see `IMPORT_ORDER_MESSAGE`)."""
 
 
+class JuliaLogWarning(RuntimeWarning):
+    """A warning Julia logged during a solve or its pullback (SciML's diagnostics, e.g. a
+    solver failure's details). Julia's log is captured while the GIL is released and
+    re-emitted here, since Julia must not write to Python's streams then."""
+
+
 _state: dict[str, Any] = {"module": None, "error": None, "models": {}}
 
 
@@ -72,9 +78,7 @@ def import_juliacall() -> Any:
         raise JuliaUnavailable(f"juliacall is not installed. {HOW_TO_GET_JULIA}")
     if "torch" in sys.modules:
         warnings.warn(IMPORT_ORDER_MESSAGE, JuliaImportOrderWarning, stacklevel=3)
-    # Julia's GC uses signals; with Julia threads, PythonCall asks for this (juliacall docs,
-    # "Multi-threading"). Only a default: the user's own setting wins.
-    os.environ.setdefault("PYTHON_JULIACALL_HANDLE_SIGNALS", "yes")
+    _default_signal_handling()
     try:
         import juliacall
     except ImportError as err:
@@ -84,6 +88,41 @@ def import_juliacall() -> Any:
             f"juliacall failed to start Julia ({type(err).__name__}: {err}). {HOW_TO_GET_JULIA}"
         ) from err
     return juliacall
+
+
+def _julia_threads_requested() -> bool:
+    """Whether juliacall will start Julia with more than one thread.
+
+    juliacall reads `-X juliacall-threads`, then PYTHON_JULIACALL_THREADS, then
+    JULIA_NUM_THREADS (default 1) (PythonCall 0.9.34 pysrc/juliacall/__init__.py:67-85, 176-177).
+    The value is a count, "auto", or "N,M" (N default threads, M interactive ones).
+    """
+    value = sys._xoptions.get("juliacall-threads")
+    if value is None or value is True:
+        value = os.environ.get("PYTHON_JULIACALL_THREADS")
+    if value is None:
+        value = os.environ.get("JULIA_NUM_THREADS", "1")
+    first = str(value).split(",")[0].strip()
+    if first == "auto":
+        return (os.cpu_count() or 1) > 1
+    try:
+        return int(first) > 1
+    except ValueError:
+        return False  # juliacall rejects it itself, with its own message
+
+
+def _default_signal_handling() -> None:
+    """Let Julia handle signals when it will run more than one thread, unless the user chose.
+
+    With several Julia threads, Julia's GC safepoints deliberately segfault and must be
+    handled by Julia (PythonCall docs/src/juliacall.md:212-224; juliacall warns otherwise,
+    __init__.py:294-310). That also stops Ctrl-C raising KeyboardInterrupt for the whole
+    process, so with one thread (juliacall's default) Python keeps its signals.
+    """
+    if "juliacall-handle-signals" in sys._xoptions or "PYTHON_JULIACALL_HANDLE_SIGNALS" in os.environ:
+        return
+    if _julia_threads_requested():
+        os.environ["PYTHON_JULIACALL_HANDLE_SIGNALS"] = "yes"
 
 
 def import_at_startup() -> None:
