@@ -676,7 +676,7 @@ def solve(
         return sol
 
     if local is not None:
-        return _locally_regularized(prob, opts, run, local)
+        return _locally_regularized(prob, opts, run, local, backend)
     return run(opts)
 
 
@@ -699,7 +699,11 @@ def _with_autocast(prob: ODEProblem, device_type: str, dtype: torch.dtype) -> OD
 
 
 def _locally_regularized(
-    prob: ODEProblem, opts: SolveOptions, run: Callable[[SolveOptions], Solution], local: LocalRegularization
+    prob: ODEProblem,
+    opts: SolveOptions,
+    run: Callable[[SolveOptions], Solution],
+    local: LocalRegularization,
+    backend: str = "torch",
 ) -> Solution:
     """Solve with t_s added to the save times, then take the local step from y(t_s).
 
@@ -716,6 +720,10 @@ def _locally_regularized(
         saves = sorted(set(opts.saveat) | {t_s}, reverse=t1 < t0)
         index = saves.index(t_s)
         opts = dataclasses.replace(opts, saveat=tuple(saves))
+    elif backend == "julia":
+        # The Julia engine has no dense output, but without saveat it saves every step: make t_s
+        # a tstop, so that a step ends there and y(t_s) is saved (a real step: its column stays).
+        opts = dataclasses.replace(opts, tstops=tuple(sorted(set(opts.tstops) | {t_s}, reverse=t1 < t0)))
     elif not opts.dense:
         raise ValueError(
             "LocalRegularization reads the solution at a random time: pass saveat= (or keep dense output on)"
@@ -724,7 +732,10 @@ def _locally_regularized(
     layout = StateLayout(prob.y0)
     like = layout.flatten(prob.y0)
     saved = sol.t.shape[0]
-    if index is None:
+    if opts.saveat is None and backend == "julia":
+        hits = (sol.t == t_s).nonzero()
+        y_s = layout.flatten_batch(sol.y)[int(hits[0])].detach() if len(hits) else None
+    elif index is None:
         with torch.no_grad():  # y(t_s) is a constant starting point for the local step
             y_s = layout.flatten(sol(t_s)) if sol.retcode.successful else None
     elif index < saved:
