@@ -9,7 +9,7 @@ Switching is a one-line change: `from pyode import odeint`. Differences worth kn
 - "rk4" is the classical RK4 (torchdiffeq's "rk4" is the 3/8 rule); both are fourth order.
 - `max_num_steps` bounds the steps between two output times in torchdiffeq; pyode bounds the
   whole solve, so it becomes `max_steps = max_num_steps · (len(t) - 1)`: every solve torchdiffeq
-  finishes, pyode finishes too.
+  finishes, pyode finishes too. Fixed-grid methods ignore it, as in torchdiffeq.
 """
 
 from __future__ import annotations
@@ -208,8 +208,9 @@ def _translate(y0, t, rtol, atol, method, options, name) -> tuple[AbstractSolver
     kwargs["internalnorm"] = norm if norm is not None else (mixed_norm if isinstance(y0, tuple) else None)
     if "dtype" in options:
         kwargs["time_dtype"] = options["dtype"]
-    if "max_num_steps" in options:
-        # torchdiffeq counts the steps between consecutive output times; pyode the whole solve.
+    if "max_num_steps" in options and not fixed:
+        # torchdiffeq counts the steps between consecutive output times (and ignores the option
+        # on fixed grids); pyode counts the whole solve.
         kwargs["max_steps"] = int(options["max_num_steps"]) * max(1, t.numel() - 1)
     if fixed:
         if options.get("interp", "cubic") != "cubic":

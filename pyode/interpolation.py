@@ -16,6 +16,7 @@ from typing import Sequence
 
 import torch
 
+from ._autocast import no_autocast
 from ._exact import Coefficient
 from ._exact import exact as _exact
 
@@ -261,6 +262,20 @@ class DenseOutput:
         return t + h
 
     def __call__(self, t) -> torch.Tensor | tuple:
+        with no_autocast(self.y0.device):  # interpolation is the solver's arithmetic
+            return self._evaluate(t)
+
+    def truncate(self, t: float) -> None:
+        """Forget the steps that start at or after t, and the last ones whose coefficients are not
+        finite (a solve that blew up there): what is left interpolates finite values only."""
+        while self.steps and (
+            self.starts[-1] >= self.direction * t
+            or not bool(torch.isfinite(self.steps[-1][3]).all() & torch.isfinite(self.steps[-1][2]).all())
+        ):
+            self.starts.pop()
+            self.steps.pop()
+
+    def _evaluate(self, t) -> torch.Tensor | tuple:
         import bisect
 
         scalar = not isinstance(t, torch.Tensor) or t.dim() == 0
@@ -273,7 +288,7 @@ class DenseOutput:
             if not lo - slack <= v <= hi + slack:
                 raise ValueError(f"t = {v} lies outside the solved span [{lo}, {hi}]")
         if not self.steps:  # t0 == t1 (or no step was accepted): every t is t0
-            ys = self.y0.unsqueeze(0).expand(len(values), -1)
+            ys = self.y0.unsqueeze(0).expand(len(values), -1).clone()
             return self._unflatten(ys[0]) if scalar else self._unflatten_batch(ys)
         out = []
         for i, v in enumerate(values):

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence, Union
 import torch
 
 from . import interpolation
+from ._autocast import autocast_in_force, no_autocast, under_autocast
 from .interpolation import DenseOutput
 from .norms import Norm, max_norm, rms_norm
 from .problem import ODEProblem, ReturnCode, Solution, SolveError, State, Stats
@@ -26,6 +27,9 @@ from .solvers.reversible import AbstractReversibleSolver
 from .step_control import PIController, initial_step
 
 _EPS = 2.220446049250313e-16  # float64 machine epsilon: host-side time arithmetic is float64
+
+
+Tolerance = Union[float, torch.Tensor]  # a number, or one per element of the flat state (n,)
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,10 @@ class StateLayout:
     def call(self, f: Callable, t: float, y: torch.Tensor) -> torch.Tensor:
         """f(t, y) on flat states: t as a 0-d tensor of y's dtype, the output checked and flattened."""
         return self.derivative(f(torch.scalar_tensor(t, dtype=y.dtype, device=y.device), self.unflatten(y)), t)
+
+    def call_at(self, f: Callable, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """`call` at a time given as a tensor, which may carry a gradient."""
+        return self.derivative(f(t.to(dtype=y.dtype, device=y.device), self.unflatten(y)), float(t.detach()))
 
     def derivative(self, out: Any, t: float) -> torch.Tensor:
         """f's output as one flat vector of the state's dtype, checked against the state.
@@ -181,15 +189,14 @@ def _span(prob: ODEProblem) -> tuple[float, float]:
     return tuple(float(t.detach()) if isinstance(t, torch.Tensor) else float(t) for t in prob.tspan)
 
 
-Tolerance = Union[float, torch.Tensor]  # a number, or one per element of the flat state (n,)
-
-
 def _tolerance(value: Any, name: str, layout: StateLayout) -> Tolerance:
     """A tolerance as a float, or as a flat (n,) tensor on the state's device and dtype.
 
     Accepts what torchdiffeq accepts: a number, a tensor broadcastable to the state (or already
     flat, (n,)), or for tuple states a tuple with one number or tensor per component.
     """
+    if not isinstance(value, (torch.Tensor, numbers.Real, str, tuple, list)) and hasattr(value, "__array__"):
+        value = torch.as_tensor(value)  # a numpy array
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
     if isinstance(value, torch.Tensor) or (isinstance(value, (tuple, list)) and layout.is_tuple):
@@ -221,6 +228,23 @@ def _tolerance(value: Any, name: str, layout: StateLayout) -> Tolerance:
     if isinstance(value, (tuple, list)):
         raise TypeError(f"{name} as a tuple needs a tuple state (one tolerance per component); give a number")
     return _positive(value, name, allow_zero=True)
+
+
+def flow_shift(f: Callable, t: float | torch.Tensor, y: torch.Tensor, delta: torch.Tensor, k=None) -> torch.Tensor:
+    """y carried along the flow of f for a time δ that is zero in value but carries a time's
+    gradient (δ = s - s.detach() for a save time s, say): one midpoint step,
+
+        y + δ·f(t + δ/2, y + δ/2·k),   k = f(t, y) (given, or evaluated here).
+
+    Its value is y. Its first and second derivatives in δ are the exact flow's, f and
+    ∂f/∂t + ∂f/∂y·f, so first and second derivatives with respect to times come out right.
+    `f(t, y)` takes t as a tensor (`StateLayout.call_at`); t may itself be a tensor.
+    """
+    half = delta / 2
+    if k is None:
+        k = f(t + 0 * delta, y)
+    step = delta.to(y.dtype)
+    return y + step * f(t + half, y + (step / 2) * k)
 
 
 def _positive(value: Any, name: str, allow_zero: bool = False) -> float:
@@ -370,6 +394,10 @@ def integrate(
         stats.nfe += 1
         return layout.call(user_f, t, y)
 
+    def f_at(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # for save times that require grad
+        stats.nfe += 1
+        return layout.call_at(user_f, t, y)
+
     norm = layout.flat_norm(opts.internalnorm)
     stepper = solver.stepper(f, dtype, device)
     controller = opts.controller
@@ -389,8 +417,8 @@ def integrate(
         while save_i < len(saves) and saves[save_i] == t0:
             out_t.append(t0)
             if opts.saveat_tensor is not None:
-                # The value is y0, but its derivative with respect to its save time is f(t0, y0).
-                out_y.append(torch.add(y0, k1 * (opts.saveat_tensor[save_i] - t0).to(dtype)).unsqueeze(0))
+                # The value is y0; its derivatives with respect to its save time are the flow's.
+                out_y.append(flow_shift(f_at, t0, y0, opts.saveat_tensor[save_i] - t0, k=k1).unsqueeze(0))
             else:
                 out_y.append(y0.unsqueeze(0))
             save_i += 1
@@ -502,8 +530,8 @@ def integrate(
                 assert save_i - j0 == 1 and saves[j0] == t_new, "save points are steps' ends"
                 y_save = output(y_new)
                 if opts.saveat_tensor is not None and grad_enabled:
-                    # The value is y(t_k); its derivative with respect to its save time is f(t_k, y_k).
-                    y_save = torch.add(y_save, f(t_new, y_save) * (opts.saveat_tensor[j0] - t_new).to(dtype))
+                    # The value is y(t_k); its derivatives with respect to its save time are the flow's.
+                    y_save = flow_shift(f_at, t_new, y_save, opts.saveat_tensor[j0] - t_new)
                 out_y.append(y_save.unsqueeze(0))
             elif opts.saveat_tensor is not None:
                 theta = ((opts.saveat_tensor[j0:save_i] - t) / h).to(dtype)
@@ -530,15 +558,18 @@ def integrate(
         ys = torch.cat(out_y)
     else:
         ys = y0.unsqueeze(0)[:0]  # still on the graph of y0, so backward gives zeros
-    if retcode is ReturnCode.Success:
+    if retcode is not ReturnCode.Unstable:
         # A state that overflowed without failing an error test (fixed steps, or an estimate
-        # that stayed finite) is caught here: one check, one sync, for the whole solve.
+        # that stayed finite) is caught here, whatever else ended the solve: one check, one
+        # sync, for the whole solve.
         finite = torch.isfinite(ys).all(dim=1)
         if not bool(finite.all() & torch.isfinite(y).all()):
             retcode = ReturnCode.Unstable
             kept = int(finite.long().cumprod(0).sum())  # the save points before the first bad one
             ys, out_t = ys[:kept], out_t[:kept]
             t = out_t[-1] if out_t else t0
+            if dense is not None:
+                dense.truncate(t)
     if opts.saveat_tensor is not None:
         ts = opts.saveat_tensor[: len(out_t)]
     else:
@@ -658,6 +689,14 @@ def solve(
         regularize=regularize,
     )
 
+    user_prob = prob
+    device = StateLayout(prob.y0).device
+    autocast = autocast_in_force(device) if backend == "torch" else None
+    if autocast is not None:
+        # Mixed precision: f runs under the caller's autocast, the solver's own arithmetic (stage
+        # combinations, error norms, step control, the local regularizer's step) does not.
+        prob = dataclasses.replace(prob, f=under_autocast(prob.f, *autocast))
+
     def run(options: SolveOptions) -> Solution:
         if backend == "julia":
             from .backends.julia._solve import solve_julia
@@ -665,37 +704,12 @@ def solve(
             # What the user set explicitly: the Julia engine keeps SciML's defaults for the rest.
             given = dict(dtmin=dtmin, dtmax=dtmax, internalnorm=internalnorm, controller=controller, dense=dense)
             return solve_julia(prob, solver, options, sensealg, throw=throw, given=given, regularize=regularize)
-        autocast = _autocast(prob)
-        if autocast is None:
-            return sensealg.solve(prob, solver, options, throw=throw)
-        # Mixed precision: f runs under the caller's autocast, the solver's own arithmetic (stage
-        # combinations, error norms, step control) in the state's dtype.
-        with torch.autocast(autocast[0], enabled=False):
-            sol = sensealg.solve(_with_autocast(prob, *autocast), solver, options, throw=throw)
-        sol.prob = prob
-        return sol
+        return sensealg.solve(prob, solver, options, throw=throw)
 
-    if local is not None:
-        return _locally_regularized(prob, opts, run, local, backend)
-    return run(opts)
-
-
-def _autocast(prob: ODEProblem) -> tuple[str, torch.dtype] | None:
-    """(device type, dtype) of the autocast in force for the state's device, if any."""
-    device_type = StateLayout(prob.y0).device.type
-    if device_type not in ("cpu", "cuda", "xpu", "mps") or not torch.is_autocast_enabled(device_type):
-        return None
-    return device_type, torch.get_autocast_dtype(device_type)
-
-
-def _with_autocast(prob: ODEProblem, device_type: str, dtype: torch.dtype) -> ODEProblem:
-    f = prob.f
-
-    def f_autocast(t: torch.Tensor, y: State) -> State:
-        with torch.autocast(device_type, dtype=dtype):
-            return f(t, y)
-
-    return dataclasses.replace(prob, f=f_autocast)
+    with no_autocast(device):
+        sol = run(opts) if local is None else _locally_regularized(prob, opts, run, local, backend)
+    sol.prob = user_prob
+    return sol
 
 
 def _locally_regularized(

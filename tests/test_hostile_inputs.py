@@ -47,6 +47,20 @@ def test_a_fixed_step_blow_up_is_unstable_on_every_path(solver, extra, saveat):
     assert info.value.retcode is pyode.ReturnCode.Unstable and info.value.t < 3.0
 
 
+def test_a_blow_up_is_unstable_even_when_max_steps_ends_the_solve_first():
+    sol = pyode.solve(_blow_up(t1=100.0), pyode.RK4(), dt=0.1, max_steps=100, throw=False)
+    assert sol.retcode is pyode.ReturnCode.Unstable
+    assert bool(torch.isfinite(sol.y).all())
+
+
+def test_dense_output_ends_where_a_blow_up_was_found():
+    sol = pyode.solve(_blow_up(), pyode.RK4(), dt=0.1, throw=False, dense=True)
+    assert sol.retcode is pyode.ReturnCode.Unstable
+    assert bool(torch.isfinite(sol(torch.linspace(0.0, sol.dense.t_end, 50, dtype=torch.float64))).all())
+    with pytest.raises(ValueError, match="outside the solved span"):
+        sol(2.5)
+
+
 def test_an_adaptive_blow_up_is_unstable_or_too_small_a_step():
     sol = pyode.solve(_blow_up(), pyode.Tsit5(), throw=False)
     assert sol.retcode in (pyode.ReturnCode.Unstable, pyode.ReturnCode.DtLessThanMin)
@@ -113,6 +127,28 @@ def test_mixed_precision_f_under_autocast(sensealg):
     assert outer.prob.f is not None and outer.prob.params == tuple(net.parameters())
 
 
+def test_local_regularization_and_dense_output_under_autocast_keep_the_states_dtype():
+    net, y0 = _mixed_precision_problem()
+
+    def f_inner(t, y):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return net(y)
+
+    results = []
+    for f, outer in ((f_inner, False), (lambda t, y: net(y), True)):
+        torch.manual_seed(3)  # the same local-regularization time
+        prob = pyode.ODEProblem(f, y0, (0.0, 1.0), params=list(net.parameters()))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=outer):
+            sol = pyode.solve(prob, pyode.Tsit5(), rtol=1e-2, atol=1e-3, regularize=pyode.LocalRegularization())
+            with torch.no_grad():
+                dense = sol(torch.tensor([0.3, 0.6]))
+        results.append((sol.error_estimate, dense))
+    (e_inner, d_inner), (e_outer, d_outer) = results
+    assert e_outer.dtype == d_outer.dtype == torch.float32
+    torch.testing.assert_close(e_outer, e_inner, rtol=0, atol=0)
+    torch.testing.assert_close(d_outer, d_inner, rtol=0, atol=0)
+
+
 def test_other_dtype_mismatches_are_still_named():
     with pytest.raises(TypeError, match=r"returned dtype torch\.float32, but the state has dtype torch\.float64"):
         pyode.solve(pyode.ODEProblem(lambda t, y: y.float(), torch.ones(2, dtype=torch.float64), (0, 1)), pyode.Tsit5())
@@ -159,21 +195,34 @@ def test_dense_output_under_direct_adjoint_has_the_right_gradient():
     assert abs(w.grad.item() + float(np.exp(-0.25))) < 1e-7
 
 
-def test_a_tensor_computed_outside_f_from_a_parameter_is_named():
+@pytest.mark.parametrize("sensealg", [*ADJOINTS, pyode.ReversibleAdjoint()], ids=repr)
+def test_a_tensor_computed_outside_f_from_a_parameter_works(sensealg):
+    # `W2 = 2 * W` (or `W.t()`) outside f, with params=[W]: every VJP runs through the outer
+    # graph, which used to be freed by the first one ("backward through the graph a second time").
     W = torch.tensor([[-0.5, 0.1], [0.2, -0.3]], dtype=torch.float64, requires_grad=True)
+    solver = pyode.ReversibleHeun() if isinstance(sensealg, pyode.ReversibleAdjoint) else pyode.Tsit5()
+
+    def gradient(s, explicit):
+        W2, WT = 2 * W.exp().log(), W.t()  # made anew: a backward frees the graph above them
+        prob = pyode.ODEProblem(lambda t, y: y @ W2.T + y @ WT, torch.ones(2, dtype=torch.float64), (0, 1), [W])
+        if explicit:  # the computed tensors themselves as the parameters: gradients flow on to W
+            prob = pyode.ODEProblem(prob.f, prob.y0, (0, 1), [W2, WT])
+        pyode.solve(prob, solver, saveat=[0.5, 1.0], sensealg=s, rtol=1e-9, atol=1e-12).y.sum().backward()
+        g, W.grad = W.grad, None
+        return g
+
+    reference = gradient(pyode.DirectAdjoint(), explicit=False)
+    # The continuous adjoints against the discrete gradient: both to the tolerance, 1e-9.
+    torch.testing.assert_close(gradient(sensealg, explicit=False), reference, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(gradient(sensealg, explicit=True), reference, rtol=1e-6, atol=1e-8)
+
+
+def test_a_closure_outside_params_is_still_named():
+    W = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
     W2 = 2 * W
-    prob = pyode.ODEProblem(lambda t, y: y @ W2.T, torch.ones(2, dtype=torch.float64), (0.0, 1.0), params=[W])
-    for sensealg in ADJOINTS:
-        with pytest.raises(ValueError, match=r"computed outside f.*MulBackward0.*inside f"):
-            pyode.solve(prob, pyode.Tsit5(), saveat=[1.0], sensealg=sensealg)
-    # Passing the computed tensor itself as the parameter is fine: gradients flow on to W.
-    ok = pyode.ODEProblem(prob.f, prob.y0, (0.0, 1.0), params=[W2])
-    pyode.solve(ok, pyode.Tsit5(), saveat=[1.0], sensealg=pyode.BacksolveAdjoint()).y.sum().backward()
-    g_adjoint = W.grad.clone()
-    W.grad = None
-    direct = pyode.ODEProblem(lambda t, y: y @ (2 * W).T, torch.ones(2, dtype=torch.float64), (0.0, 1.0))
-    pyode.solve(direct, pyode.Tsit5(), saveat=[1.0], rtol=1e-10, atol=1e-12).y.sum().backward()
-    torch.testing.assert_close(g_adjoint, W.grad, rtol=1e-4, atol=1e-6)
+    prob = pyode.ODEProblem(lambda t, y: -W2 * y, torch.ones(2, dtype=torch.float64), (0.0, 1.0))
+    with pytest.raises(ValueError, match=r"not in prob\.params"):
+        pyode.solve(prob, pyode.Tsit5(), saveat=[1.0], sensealg=pyode.BacksolveAdjoint())
 
 
 def _shape_changing(after: int, bad):
@@ -286,6 +335,18 @@ def test_max_num_steps_counts_per_output_interval_as_in_torchdiffeq():
     )
 
 
+def test_max_num_steps_is_ignored_on_fixed_grids_as_in_torchdiffeq():
+    f = _Field()
+    y0 = torch.ones(3, dtype=torch.float64)
+    t = torch.linspace(0, 1, 3, dtype=torch.float64)
+    options = dict(step_size=0.01, max_num_steps=3)
+    with pytest.warns(UserWarning):  # torchdiffeq says it ignores the option
+        theirs = torchdiffeq.odeint(f, y0, t, method="rk4", options=options)
+    ours = pyode.odeint(f, y0, t, method="rk4", options=options)
+    # Classical RK4 against torchdiffeq's 3/8 rule, both fourth order at h = 0.01.
+    torch.testing.assert_close(ours, theirs, rtol=1e-7, atol=1e-9)
+
+
 def _torchdiffeq_finishes(f, y0, t, n):
     try:
         torchdiffeq.odeint(f, y0, t, options=dict(max_num_steps=n))
@@ -315,6 +376,25 @@ def test_tensor_and_per_component_tolerances_as_in_torchdiffeq():
     loose = pyode.solve(pyode.ODEProblem(f, y0, (0.0, 2.0)), pyode.Tsit5(), rtol=torch.tensor([1e-3, 1e-3, 1e-10]))
     tight = pyode.solve(pyode.ODEProblem(f, y0, (0.0, 2.0)), pyode.Tsit5(), rtol=1e-10)
     assert loose.stats.naccept <= tight.stats.naccept
+
+
+@pytest.mark.parametrize("sensealg", ADJOINTS, ids=repr)
+def test_mixed_per_component_tolerances_with_adjoints(sensealg):
+    # Each component's test is carried by one nonzero tolerance; the backward solve takes the
+    # tightest positive ones (1e-8 and 1e-10).
+    y0 = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    prob = pyode.ODEProblem(lambda t, y: -y * torch.tensor([1.0, 2.0], dtype=torch.float64), y0, (0.0, 1.0))
+    tols = dict(rtol=torch.tensor([0.0, 1e-8]), atol=torch.tensor([1e-10, 0.0]))
+    pyode.solve(prob, pyode.Tsit5(), saveat=[1.0], sensealg=sensealg, **tols).y.sum().backward()
+    torch.testing.assert_close(
+        y0.grad, torch.tensor([np.exp(-1.0), np.exp(-2.0)], dtype=torch.float64), rtol=1e-6, atol=0
+    )
+
+
+def test_numpy_array_tolerances():
+    prob = pyode.ODEProblem(lambda t, y: -y, torch.ones(3, dtype=torch.float64), (0.0, 1.0))
+    sol = pyode.solve(prob, pyode.Tsit5(), rtol=np.array([1e-8, 1e-3, 1e-8]))
+    assert sol.retcode is pyode.ReturnCode.Success
 
 
 @pytest.mark.parametrize(

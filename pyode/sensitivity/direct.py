@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..problem import ODEProblem
-from ..solve import StateLayout, integrate
+from ..problem import ODEProblem, Stats
+from ..solve import StateLayout, flow_shift, integrate
 from ..solvers.reversible import AbstractReversibleSolver
 from .base import AbstractSensitivityAlgorithm
 
 if TYPE_CHECKING:
-    from ..problem import Solution, State
+    from ..problem import Solution
     from ..solve import SolveOptions
     from ..solvers.base import AbstractSolver
 
@@ -61,11 +61,17 @@ class DirectAdjoint(AbstractSensitivityAlgorithm):
         grad = torch.is_grad_enabled()
         wants_t0 = grad and isinstance(t0, torch.Tensor) and t0.requires_grad
         wants_t1 = grad and isinstance(t1, torch.Tensor) and t1.requires_grad and opts.saveat is None
-        extra_nfe = 0
+        layout = StateLayout(prob.y0)
+        stats = Stats()
+
+        def f_at(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            stats.nfe += 1
+            return layout.call_at(prob.f, t, y)
+
         if wants_t0:
-            f0 = _derivative(prob, t0, prob.y0)
-            extra_nfe += 1
-            prob = dataclasses.replace(prob, y0=_map(lambda y, f: _TimeShift.apply(y, t0, f, -1.0), prob.y0, f0))
+            # Starting at t0 + δ from y0 is starting at t0 from y0 carried back by δ.
+            y0 = flow_shift(f_at, t0, layout.flatten(prob.y0), -(t0 - t0.detach()))
+            prob = dataclasses.replace(prob, y0=layout.unflatten(y0))
         if self.checkpoint_every is not None and isinstance(solver, AbstractReversibleSolver):
             raise ValueError(
                 f"DirectAdjoint(checkpoint_every=...) replays steps from the user's state, but {solver!r} carries more "
@@ -84,14 +90,11 @@ class DirectAdjoint(AbstractSensitivityAlgorithm):
                 )
         else:
             sol = integrate(prob, solver, opts, throw=throw)
-        sol.stats.nfe += extra_nfe
         if wants_t1 and sol.retcode.successful:
-            last = _map(lambda y: y[-1], sol.y)
-            f1 = _derivative(prob, t1, last)
-            sol.stats.nfe += 1
-            sol.y = _map(
-                lambda ys, y, f: torch.cat((ys[:-1], _TimeShift.apply(y, t1, f, 1.0).unsqueeze(0))), sol.y, last, f1
-            )
+            ys = layout.flatten_batch(sol.y)
+            end = flow_shift(f_at, float(t1.detach()), ys[-1], t1 - t1.detach())
+            sol.y = layout.unflatten_batch(torch.cat((ys[:-1], end.unsqueeze(0))))
+        sol.stats.nfe += stats.nfe
         return sol
 
 
@@ -168,37 +171,3 @@ def _checkpointed(prob: ODEProblem, solver: AbstractSolver, opts: SolveOptions, 
     scout.t = t
     scout.stats.nfe += sum(replay_nfe)
     return scout
-
-
-def _map(fn, *states):
-    if isinstance(states[0], tuple):
-        return tuple(fn(*parts) for parts in zip(*states))
-    return fn(*states)
-
-
-def _derivative(prob: ODEProblem, t: torch.Tensor, y: State) -> State:
-    """f(t, y) as the direction of a time gradient, in the state's dtype.
-
-    Recorded, not detached: a first derivative uses it as a constant, but differentiating the
-    time gradient again (a Hessian, a penalty on dL/dt0) needs how f depends on t, y and θ.
-    """
-    layout = StateLayout(y)
-    out = prob.f(t.to(dtype=layout.dtype, device=layout.device), y)
-    return layout.unflatten(layout.derivative(out, float(t.detach())))
-
-
-class _TimeShift(torch.autograd.Function):
-    """Identity on y whose backward also sends sign·<grad, f> to the time t."""
-
-    @staticmethod
-    def forward(ctx, y, t, f, sign):
-        ctx.save_for_backward(f)
-        ctx.sign = sign
-        ctx.t_shape, ctx.t_dtype = t.shape, t.dtype
-        return y.view_as(y)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (f,) = ctx.saved_tensors
-        grad_t = (ctx.sign * torch.sum(grad * f)).to(ctx.t_dtype).reshape(ctx.t_shape)
-        return grad, grad_t, None, None

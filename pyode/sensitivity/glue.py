@@ -11,12 +11,12 @@ from __future__ import annotations
 import abc
 import dataclasses
 import weakref
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 
+from .._autocast import no_autocast
 from ..interpolation import DenseOutput
 from ..norms import Norm, make_seminorm, mixed_norm
 from ..problem import ODEProblem, Solution, Stats
@@ -59,9 +59,6 @@ class VectorField:
         self.sizes = [p.numel() for p in params]
         self.stats = stats
 
-    def time(self, t: float, like: torch.Tensor) -> torch.Tensor:
-        return torch.scalar_tensor(t, dtype=like.dtype, device=like.device)
-
     def __call__(self, t: float, y: torch.Tensor) -> torch.Tensor:
         self.stats.nfe += 1
         with torch.no_grad():
@@ -81,7 +78,10 @@ class VectorField:
             if not inputs or not out.requires_grad:
                 grads: Sequence[torch.Tensor | None] = [None] * len(inputs)
             else:
-                grads = torch.autograd.grad(out, inputs, cotangent, allow_unused=True)
+                # retain_graph: f may use a tensor computed from a parameter outside f (`W2 = 2 * W`);
+                # every VJP runs through that outer graph, which must survive it. f's own graph is
+                # freed anyway when `out` goes out of scope.
+                grads = torch.autograd.grad(out, inputs, cotangent, allow_unused=True, retain_graph=True)
         grad_y = None
         if wrt_y:
             grad_y = grads[0] if grads[0] is not None else torch.zeros_like(y)
@@ -100,21 +100,17 @@ class VectorField:
         )
 
     def check_closure(self, t: float, y: torch.Tensor) -> None:
-        """Fail clearly if f uses tensors that require grad but that the adjoint cannot serve: leaves
-        not in `params` (they would silently get no gradient), and tensors computed from
-        parameters outside f (the first backward through them frees their graph, and every later
-        VJP of f then fails). Walks the graph of one evaluation of f."""
+        """Fail clearly if f uses tensors that require grad but are not in `params`: the adjoint
+        would silently give them no gradient. Walks the graph of one evaluation of f, down to the
+        leaves (through tensors computed outside f, whose parameters count too)."""
         self.stats.nfe += 1
         with torch.enable_grad():
-            # Nodes made before this evaluation have smaller sequence numbers than this marker.
-            marker = _sequence_number((torch.zeros((), requires_grad=True) * 1).grad_fn)
             y_ = y.detach().requires_grad_(True)
             out = self.layout.call(self.f, t, y_)
         known = {id(p) for p in self.params} | {id(y_)}
         # Non-leaf params are fine: the VJP stops at them, and backward continues above them.
         boundary = {p.grad_fn for p in self.params if p.grad_fn is not None}
         missing = []
-        outside = []
         seen = set()
         stack = [out.grad_fn]
         while stack:
@@ -123,14 +119,8 @@ class VectorField:
                 continue
             seen.add(node)
             variable = getattr(node, "variable", None)
-            if variable is not None:
-                if variable.requires_grad and id(variable) not in known:
-                    missing.append(tuple(variable.shape))
-                continue
-            number = _sequence_number(node)
-            if marker is not None and number is not None and number < marker:
-                outside.append(node.name())
-                continue
+            if variable is not None and variable.requires_grad and id(variable) not in known:
+                missing.append(tuple(variable.shape))
             stack.extend(fn for fn, _ in node.next_functions)
         if missing:
             raise ValueError(
@@ -139,26 +129,18 @@ class VectorField:
                 "ODEProblem(..., params=[...]) (for an nn.Module f they are found automatically), "
                 "or use sensealg=DirectAdjoint()."
             )
-        if outside:
-            raise ValueError(
-                f"f uses {len(outside)} tensor(s) computed outside f from tensors that require grad (made by "
-                f"{sorted(set(outside))[:5]}), such as `W2 = 2 * W` closed over by f. The adjoint evaluates f many "
-                "times, and the graph outside f is freed by the first backward through it. Compute such "
-                "tensors inside f, or use sensealg=DirectAdjoint()."
-            )
 
     def unflatten_params(self, flat: torch.Tensor) -> list[torch.Tensor]:
         return [g.view_as(p).to(p.dtype) for g, p in zip(flat.split(self.sizes), self.params)]
 
 
-def _sequence_number(node: Any) -> int | None:
-    """The autograd node's creation number (per thread, increasing), where torch exposes it."""
-    number = getattr(node, "_sequence_nr", None)
-    return number() if callable(number) else None
-
-
-def _scalar(tolerance: Any) -> Any:
-    return float(tolerance.min()) if isinstance(tolerance, torch.Tensor) else tolerance
+def _tightest(tolerance: Any) -> Any:
+    """A per-element tolerance as one number for the adjoint state: its smallest positive entry
+    (0 where all are 0, when the other tolerance carries the test)."""
+    if not isinstance(tolerance, torch.Tensor):
+        return tolerance
+    positive = tolerance[tolerance > 0]
+    return float(positive.min()) if positive.numel() else 0.0
 
 
 def backward_options(
@@ -173,8 +155,8 @@ def backward_options(
     common = dict(saveat=[t_to], internalnorm=norm, max_steps=opts.max_steps, dense=False)
     if opts.adaptive and solver.adaptive:
         # Per-element tolerances are the forward state's; the adjoint state takes the tightest.
-        rtol = _scalar(sensealg.rtol if sensealg.rtol is not None else opts.rtol)
-        atol = _scalar(sensealg.atol if sensealg.atol is not None else opts.atol)
+        rtol = _tightest(sensealg.rtol if sensealg.rtol is not None else opts.rtol)
+        atol = _tightest(sensealg.atol if sensealg.atol is not None else opts.atol)
         return make_options(prob, solver, dt=dt if dt else None, rtol=rtol, atol=atol, **common)
     if opts.dt is None:
         raise ValueError(
@@ -374,9 +356,7 @@ class _AdjointFunction(torch.autograd.Function):
         vf = VectorField(record.prob, record.layout, record.params, stats)
         # The sweep is the solver's own arithmetic: never under autocast, whatever the caller's
         # context (f, wrapped by `solve`, still runs under the autocast of the forward pass).
-        device_type = record.layout.device.type
-        no_autocast = torch.autocast(device_type, enabled=False) if device_type in ("cpu", "cuda") else nullcontext()
-        with torch.no_grad(), no_autocast:
+        with torch.no_grad(), no_autocast(record.layout.device):
             grads = sensealg.backward_sweep(record, grad_ys.detach(), vf, stats)
         solution = ctx.solution()
         if solution is not None:
@@ -388,10 +368,8 @@ class _AdjointFunction(torch.autograd.Function):
             ts = record.ts
             if wants_saveat or wants_t1:
                 # Moving save time t_k moves only y(t_k): dL/dt_k = g_k · f(t_k, y_k).
-                per_save = grad_ys.new_zeros(len(ts))
-                if ts:
-                    rates = torch.stack([vf(t, y) for t, y in zip(ts, record.ys)])
-                    per_save = (grad_ys.detach() * rates).sum(dim=1)
+                rates = torch.stack([vf(t, y) for t, y in zip(ts, record.ys)]) if ts else record.ys
+                per_save = (grad_ys.detach() * rates).sum(dim=1)
                 if wants_saveat:
                     grad_saveat = torch.zeros(len(record.opts.saveat), dtype=ctx.saveat_dtype, device=ctx.saveat_device)
                     grad_saveat[: len(ts)] = per_save.to(dtype=ctx.saveat_dtype, device=ctx.saveat_device)
@@ -409,7 +387,9 @@ class _AdjointFunction(torch.autograd.Function):
         if torch.is_grad_enabled():
             # backward(create_graph=True): a gradient penalty or a Hessian would differentiate these
             # gradients again, which the adjoint does not record. Make that an error, not a zero.
-            inputs = [x for x in ctx.saved_tensors if x is not None and x.requires_grad]
+            # The incoming gradient too: a second derivative may reach the loss's own inputs through it.
+            saved = [*ctx.saved_tensors, grad_ys]
+            inputs = [x for x in saved if x is not None and x.requires_grad]
             grads_out = _first_order_only(type(sensealg).__name__, inputs, grads_out)
         return (None, None, None, None, None, None, None, *grads_out)
 

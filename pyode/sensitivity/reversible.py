@@ -75,7 +75,8 @@ class ReversibleAdjoint(AbstractAdjoint):
         def vjp(output: torch.Tensor, inputs: tuple, cotangent: torch.Tensor) -> list[torch.Tensor | None]:
             if not output.requires_grad:
                 return [None] * len(inputs)
-            return list(torch.autograd.grad(output, inputs, cotangent, allow_unused=True))
+            # retain_graph: as in `VectorField.vjp`, for tensors computed outside f.
+            return list(torch.autograd.grad(output, inputs, cotangent, allow_unused=True, retain_graph=True))
 
         def add_saves(t: float, state: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
             nonlocal k
