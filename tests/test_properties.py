@@ -415,26 +415,23 @@ def _check_gradients(case: Case, sensealg) -> None:
     _within(f"{name} dL/dA", case, err_a, 2 * tol * scale_a, 2 * eps_steps * scale_a, C_GRADIENT, quad)
 
 
-@pytest.mark.parametrize("sensealg", SENSEALGS, ids=repr)
-def test_adjoint_gradients_match_direct_and_the_analytic_gradient(sensealg):
+def _gradient_property(sensealg, examples: int) -> None:
     # A fixed seed per sensealg (derandomize would draw the same examples for each).
     @seed(SENSEALGS.index(sensealg))
-    @settings(max_examples=12, deadline=None, database=None)
+    @settings(max_examples=examples, deadline=None, database=None)
     @given(case=cases(sensealg))
     def check(case):
         _check_gradients(case, sensealg)
 
     check()
+
+
+@pytest.mark.parametrize("sensealg", SENSEALGS, ids=repr)
+def test_adjoint_gradients_match_direct_and_the_analytic_gradient(sensealg):
+    _gradient_property(sensealg, examples=12)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sensealg", SENSEALGS, ids=repr)
 def test_adjoint_gradients_match_direct_and_the_analytic_gradient_many(sensealg):
-    # A fixed seed per sensealg (derandomize would draw the same examples for each).
-    @seed(SENSEALGS.index(sensealg))
-    @settings(max_examples=120, deadline=None, database=None)
-    @given(case=cases(sensealg))
-    def check(case):
-        _check_gradients(case, sensealg)
-
-    check()
+    _gradient_property(sensealg, examples=120)
