@@ -44,6 +44,10 @@ from .solvers import Midpoint as Midpoint
 from .solvers import Reversible as Reversible
 from .solvers import ReversibleHeun as ReversibleHeun
 from .solvers import Tsit5 as Tsit5
+from .step_control import AbstractController as AbstractController
+from .step_control import ConstantStepSize as ConstantStepSize
+from .step_control import IController as IController
 from .step_control import PIController as PIController
+from .step_control import PIDController as PIDController
 
 __version__ = "0.1.0"

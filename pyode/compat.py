@@ -4,8 +4,8 @@ Switching is a one-line change: `from pyode import odeint`. Differences worth kn
 - Output between steps comes from each method's dense interpolant (the free interpolants of
   dopri5 and tsit5, cubic Hermite otherwise); torchdiffeq uses the same for dopri5 and linear
   interpolation on fixed grids by default.
-- Step-size control is a PI controller (torchdiffeq's is an I controller), so step counts differ
-  slightly at the same tolerances.
+- Step-size control is a PI controller (torchdiffeq's is an I controller, `pyode.IController`),
+  so step counts differ slightly at the same tolerances.
 - "rk4" is the classical RK4 (torchdiffeq's "rk4" is the 3/8 rule); both are fourth order.
 - `max_num_steps` bounds the steps between two output times in torchdiffeq; pyode bounds the
   whole solve, so it becomes `max_steps = max_num_steps · (len(t) - 1)`: every solve torchdiffeq

@@ -24,7 +24,7 @@ from .regularizers import Accumulator, LocalRegularization, Regularization, loca
 from .regularizers import check as check_regularization
 from .solvers.base import AbstractSolver
 from .solvers.reversible import AbstractReversibleSolver
-from .step_control import PIController, initial_step
+from .step_control import AbstractController, PIController, initial_step
 
 _EPS = 2.220446049250313e-16  # float64 machine epsilon: host-side time arithmetic is float64
 
@@ -43,7 +43,7 @@ class SolveOptions:
     rtol: Tolerance
     atol: Tolerance
     internalnorm: Norm
-    controller: PIController
+    controller: AbstractController
     tstops: tuple[float, ...]
     dtmin: float
     dtmax: float
@@ -266,7 +266,7 @@ def make_options(
     rtol: float = 1e-6,
     atol: float = 1e-8,
     internalnorm: Norm | None = None,
-    controller: PIController | None = None,
+    controller: AbstractController | None = None,
     tstops: Any = None,
     dtmin: float | None = None,
     dtmax: float | None = None,
@@ -286,6 +286,17 @@ def make_options(
     atol = _tolerance(atol, "atol", layout)
     if not bool((torch.as_tensor(rtol) + torch.as_tensor(atol) > 0).all()):
         raise ValueError("rtol and atol are both 0 (for some component); at least one must be positive")
+    if controller is None:
+        controller = PIController()
+    elif not isinstance(controller, AbstractController):
+        raise TypeError(
+            "controller must be a pyode step-size controller (PIController, IController, PIDController, "
+            f"ConstantStepSize, or a subclass of pyode.AbstractController); got {type(controller).__name__}"
+        )
+    if not controller.adaptive:
+        if adaptive:
+            raise ValueError(f"adaptive=True contradicts controller={controller!r}, which steps with a fixed dt")
+        adaptive = False
     if adaptive is None:
         adaptive = solver.adaptive
     elif adaptive and not solver.adaptive:
@@ -293,16 +304,18 @@ def make_options(
     if dt is not None:
         dt = _positive(dt, "dt")
     elif not adaptive:
-        why = "adaptive=False" if solver.adaptive else f"{solver!r} has no error estimate and"
+        why = (
+            f"controller={controller!r}"
+            if not controller.adaptive
+            else "adaptive=False"
+            if solver.adaptive
+            else f"{solver!r} has no error estimate and"
+        )
         raise ValueError(f"{why} steps with a fixed step size: pass dt=")
     if internalnorm is None:
         internalnorm = rms_norm
     elif not callable(internalnorm):
         raise TypeError(f"internalnorm must be callable on a state; got {type(internalnorm).__name__}")
-    if controller is None:
-        controller = PIController()
-    elif not isinstance(controller, PIController):
-        raise TypeError(f"controller must be a pyode.PIController; got {type(controller).__name__}")
     if isinstance(max_steps, bool) or not isinstance(max_steps, numbers.Integral) or max_steps < 1:
         raise ValueError(f"max_steps must be a positive integer; got {max_steps!r}")
     max_steps = int(max_steps)
@@ -401,7 +414,7 @@ def integrate(
     norm = layout.flat_norm(opts.internalnorm)
     stepper = solver.stepper(f, dtype, device)
     controller = opts.controller
-    gains = controller.gains(solver.error_order) if opts.adaptive else (0.0, 0.0)
+    control = controller.init(solver.error_order) if opts.adaptive else None
 
     k1 = f(t0, y0)
     output = stepper.output
@@ -438,7 +451,6 @@ def integrate(
         h_abs = min(h_abs, opts.dtmax)
     else:
         h_abs = min(opts.dt, opts.dtmax)
-    prev_ratio = 1e-4
     grad_enabled = torch.is_grad_enabled()
     regularizer = Accumulator(opts.regularize, solver) if opts.regularize is not None else None
     # The regularizers differentiate the error estimate; otherwise it stays off the graph.
@@ -475,18 +487,14 @@ def integrate(
                     ratio = stepper.error_ratio(step, opts.rtol, opts.atol, norm).item()
             else:
                 ratio = stepper.error_ratio(step, opts.rtol, opts.atol, norm).item()
-            if not ratio <= 1.0:  # also catches NaN
+            accepted, h_next, control = controller.adapt(ratio, abs(h), control)
+            if not accepted:
                 stats.nreject += 1
-                finite = math.isfinite(ratio)
-                factor = (
-                    controller.factor(ratio, prev_ratio, gains, accepted=False) if finite else controller.factor_min
-                )
-                h_abs = abs(h) * factor
-                if h_abs < opts.dtmin:
-                    retcode = ReturnCode.DtLessThanMin if finite else ReturnCode.Unstable
+                h_abs = h_next
+                if not h_abs >= opts.dtmin:  # also NaN
+                    retcode = ReturnCode.DtLessThanMin if math.isfinite(ratio) else ReturnCode.Unstable
                 continue
-            h_abs = min(abs(h) * controller.factor(ratio, prev_ratio, gains, accepted=True), opts.dtmax)
-            prev_ratio = max(ratio, 1e-4)
+            h_abs = min(h_next, opts.dtmax)
         if regularizer is not None:
             regularizer.accept(step, ratio_tensor)
         stats.naccept += 1
@@ -601,7 +609,7 @@ def solve(
     rtol: float = 1e-6,
     atol: float = 1e-8,
     internalnorm: Norm | None = None,
-    controller: PIController | None = None,
+    controller: AbstractController | None = None,
     tstops: torch.Tensor | Sequence[float] | None = None,
     dtmin: float | None = None,
     dtmax: float | None = None,
@@ -627,7 +635,9 @@ def solve(
         rtol, atol: the error test is internalnorm(err / (atol + rtol·max(|y_n|, |y_{n+1}|))) ≤ 1.
         internalnorm: a norm on states (`pyode.rms_norm` by default, `pyode.max_norm`,
             `pyode.mixed_norm`, a seminorm from `pyode.make_seminorm`, or any homogeneous callable).
-        controller: the step-size controller (`PIController()` by default).
+        controller: the step-size controller: `PIController()` (the default), `IController()`
+            (torchdiffeq's), `PIDController(pcoeff, icoeff, dcoeff)`, `ConstantStepSize()` (fixed
+            steps of `dt`), or any subclass of `AbstractController`.
         tstops: times the steps must land on exactly (discontinuities of f).
         dtmin: a rejected step below this size ends the solve with `DtLessThanMin`.
         dtmax: the largest step allowed (the span by default).

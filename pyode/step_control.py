@@ -1,20 +1,53 @@
-"""Step-size control: the initial step and the PI controller.
+"""Step-size control: the controllers and the initial step.
 
-Both work on host floats. The loop reads the error ratio once per step (its single device
-sync), and everything here is plain Python arithmetic on that number.
+Everything works on host floats. The loop reads the error ratio once per step (its single
+device sync), and a controller's decision is plain Python arithmetic on that number. The loop,
+not the controller, enforces `tstops`, `dtmin` and `dtmax`.
 """
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 
+class AbstractController(abc.ABC):
+    """Decides from each attempted step's error ratio E (the scaled local error; E ≤ 1 meets the
+    tolerances) whether to accept it and how large the next step should be.
+
+    Subclass it (as a frozen dataclass) to write your own: `init` gives the state carried from
+    step to step (previous error ratios, say), `adapt` the decision. `solve(controller=...)`
+    takes any subclass.
+    """
+
+    # Whether the controller reads error ratios; `ConstantStepSize` does not (fixed steps).
+    adaptive: bool = True
+
+    @abc.abstractmethod
+    def init(self, error_order: int) -> Any:
+        """The state before the first step, for a solver whose error estimate has this order."""
+
+    @abc.abstractmethod
+    def adapt(self, ratio: float, h: float, state: Any) -> tuple[bool, float, Any]:
+        """After a step of size h > 0 with error ratio `ratio` (NaN or inf when the step blew up):
+        (accept it?, the size of the next attempt, the new state)."""
+
+
+def _check_factors(name: str, safety: float, factor_min: float, factor_max: float) -> None:
+    if not 0 < safety <= 1:
+        raise ValueError(f"{name}: safety must be in (0, 1]; got {safety}")
+    if not 0 < factor_min < 1:
+        raise ValueError(f"{name}: factor_min must be in (0, 1); got {factor_min}")
+    if not factor_max > 1:
+        raise ValueError(f"{name}: factor_max must exceed 1; got {factor_max}")
+
+
 @dataclass(frozen=True)
-class PIController:
+class PIController(AbstractController):
     """Proportional–integral step-size controller (Gustafsson 1991; Hairer & Wanner, Solving
     ODEs II, §IV.2), with the gains of Hairer's DOPRI5.
 
@@ -38,12 +71,7 @@ class PIController:
     factor_max: float = 10.0
 
     def __post_init__(self) -> None:
-        if not 0 < self.safety <= 1:
-            raise ValueError(f"PIController: safety must be in (0, 1]; got {self.safety}")
-        if not 0 < self.factor_min < 1:
-            raise ValueError(f"PIController: factor_min must be in (0, 1); got {self.factor_min}")
-        if not self.factor_max > 1:
-            raise ValueError(f"PIController: factor_max must exceed 1; got {self.factor_max}")
+        _check_factors("PIController", self.safety, self.factor_min, self.factor_max)
         for name in ("beta1", "beta2"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -64,6 +92,118 @@ class PIController:
         if not accepted:
             return min(1.0, max(self.factor_min, proportional))
         return min(self.factor_max, max(self.factor_min, proportional * prev_ratio**beta2))
+
+    def init(self, error_order: int) -> tuple[tuple[float, float], float]:
+        return self.gains(error_order), 1e-4
+
+    def adapt(self, ratio: float, h: float, state: tuple) -> tuple[bool, float, tuple]:
+        gains, prev_ratio = state
+        if not ratio <= 1.0:  # also NaN
+            factor = self.factor(ratio, prev_ratio, gains, accepted=False) if math.isfinite(ratio) else self.factor_min
+            return False, h * factor, state
+        return True, h * self.factor(ratio, prev_ratio, gains, accepted=True), (gains, max(ratio, 1e-4))
+
+
+@dataclass(frozen=True)
+class IController(AbstractController):
+    """The integral controller as torchdiffeq has it (`_optimal_step_size`):
+
+        h_new = h · clamp(safety · E^(-1/k), lo, factor_max),   k = error order + 1,
+
+    with lo = 1 when E < 1 (a step accepted with room to spare never shrinks the next) and
+    factor_min otherwise; E = 0 gives factor_max. Steps are accepted when E ≤ 1. This is what
+    torchdiffeq's adaptive solvers do with a given error ratio (its dopri5 estimates the error
+    with Shampine's embedded pair rather than Dormand and Prince's, so step counts still differ
+    a little).
+
+    Reference: Hairer, Nørsett & Wanner, Solving ODEs I, §II.4; torchdiffeq (Chen 2018).
+    """
+
+    safety: float = 0.9
+    factor_min: float = 0.2
+    factor_max: float = 10.0
+
+    def __post_init__(self) -> None:
+        _check_factors("IController", self.safety, self.factor_min, self.factor_max)
+
+    def init(self, error_order: int) -> float:
+        return 1.0 / (error_order + 1)
+
+    def adapt(self, ratio: float, h: float, state: float) -> tuple[bool, float, float]:
+        accepted = ratio <= 1.0
+        if ratio == 0.0:
+            return True, h * self.factor_max, state
+        if not math.isfinite(ratio):
+            return False, h * self.factor_min, state
+        lo = 1.0 if ratio < 1.0 else self.factor_min  # torchdiffeq's boundary: E = 1 may shrink
+        return accepted, h * min(self.factor_max, max(self.safety / ratio**state, lo)), state
+
+
+@dataclass(frozen=True)
+class PIDController(AbstractController):
+    """Söderlind's PID controller in diffrax's parametrization: with E_n, E_n-1, E_n-2 the error
+    ratios of the last three accepted steps (the newest attempt first) and k = error order + 1,
+
+        h_new = h · clamp(safety · E_n^(-β1) · E_n-1^(-β2) · E_n-2^(-β3), factor_min, hi),
+        β1 = (pcoeff + icoeff + dcoeff)/k,  β2 = -(pcoeff + 2·dcoeff)/k,  β3 = dcoeff/k,
+
+    with hi = factor_max after an accepted step and `safety` after a rejected one. The defaults
+    (0, 1, 0) are the I controller; (0.2, 0.65, 0) at k = 5 is DOPRI5's PI pair (PIController's
+    default); Söderlind's smoother choices (e.g. pcoeff=0.3, icoeff=0.3, dcoeff=0) suit stiff and
+    noisy problems.
+
+    Reference: Söderlind, "Digital filters in adaptive time-stepping", ACM TOMS 29 (2003);
+    Söderlind & Wang, J. Comput. Appl. Math. 185 (2006); diffrax's PIDController.
+    """
+
+    pcoeff: float = 0.0
+    icoeff: float = 1.0
+    dcoeff: float = 0.0
+    safety: float = 0.9
+    factor_min: float = 0.2
+    factor_max: float = 10.0
+
+    def __post_init__(self) -> None:
+        _check_factors("PIDController", self.safety, self.factor_min, self.factor_max)
+        if self.icoeff <= 0 or self.pcoeff < 0 or self.dcoeff < 0:
+            raise ValueError(
+                "PIDController: icoeff must be positive and pcoeff, dcoeff non-negative; got "
+                f"pcoeff={self.pcoeff}, icoeff={self.icoeff}, dcoeff={self.dcoeff}"
+            )
+
+    def init(self, error_order: int) -> tuple[tuple[float, float, float], float, float]:
+        k = error_order + 1
+        betas = (
+            (self.pcoeff + self.icoeff + self.dcoeff) / k,
+            -(self.pcoeff + 2 * self.dcoeff) / k,
+            self.dcoeff / k,
+        )
+        return betas, 1.0, 1.0
+
+    def adapt(self, ratio: float, h: float, state: tuple) -> tuple[bool, float, tuple]:
+        betas, prev, prev_prev = state
+        accepted = ratio <= 1.0
+        if not math.isfinite(ratio):
+            return False, h * self.factor_min, state
+        # A zero error is floored like the previous ratios, so that the powers stay finite.
+        ratio = max(ratio, 1e-4) if accepted else ratio
+        raw = self.safety * ratio ** (-betas[0]) * prev ** (-betas[1]) * prev_prev ** (-betas[2])
+        factor = min(self.factor_max if accepted else self.safety, max(self.factor_min, raw))
+        return accepted, h * factor, ((betas, ratio, prev) if accepted else state)
+
+
+@dataclass(frozen=True)
+class ConstantStepSize(AbstractController):
+    """No control: every step has the size `dt` given to `solve`, and no error estimate is read
+    (the same as `adaptive=False`)."""
+
+    adaptive = False
+
+    def init(self, error_order: int) -> None:
+        return None
+
+    def adapt(self, ratio: float, h: float, state: None) -> tuple[bool, float, None]:
+        return True, h, None
 
 
 def initial_step(

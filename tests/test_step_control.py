@@ -169,3 +169,97 @@ def test_initial_step_follows_hairer():
     expected = min(100 * h0, (0.01 / max(d1, d2)) ** (1 / 6))
     assert h == pytest.approx(expected)
     assert len(calls) == 1
+
+
+# --- controllers as objects --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1e-6, 0.3, 0.99, 1.0, 1.5, 20.0, 1e6])
+@pytest.mark.parametrize("order", [2, 5, 8])
+def test_i_controller_is_torchdiffeqs_rule(ratio, order):
+    from torchdiffeq._impl.misc import _optimal_step_size
+
+    controller = pyode.IController()
+    accepted, h_next, _ = controller.adapt(ratio, 0.01, controller.init(order - 1))
+    expected = _optimal_step_size(
+        torch.tensor(0.01, dtype=torch.float64),
+        torch.tensor(ratio, dtype=torch.float64),
+        safety=torch.tensor(0.9, dtype=torch.float64),  # tensors, as torchdiffeq's solvers hold them
+        ifactor=torch.tensor(10.0, dtype=torch.float64),
+        dfactor=torch.tensor(0.2, dtype=torch.float64),
+        order=order,
+    )
+    assert accepted == (ratio <= 1.0)
+    assert h_next == pytest.approx(float(expected), rel=1e-14)
+
+
+def test_pid_controller_follows_its_formula_over_scripted_ratios():
+    controller = pyode.PIDController(pcoeff=0.3, icoeff=0.4, dcoeff=0.1)
+    state = controller.init(4)  # k = 5
+    b1, b2, b3 = (0.3 + 0.4 + 0.1) / 5, -(0.3 + 0.2) / 5, 0.1 / 5
+    history = [1.0, 1.0]  # E_n-1, E_n-2 start at 1, as in diffrax
+    h = 0.1
+    for ratio in [0.5, 0.2, 3.0, 0.9, 0.05, 40.0, 0.7]:
+        accepted, h_next, state = controller.adapt(ratio, h, state)
+        raw = 0.9 * ratio**-b1 * history[0] ** -b2 * history[1] ** -b3
+        factor = min(10.0 if ratio <= 1 else 0.9, max(0.2, raw))
+        assert accepted == (ratio <= 1) and h_next == pytest.approx(h * factor, rel=1e-14)
+        if accepted:
+            history = [ratio, history[0]]
+            h = h_next
+
+
+class _Doubling(pyode.AbstractController):
+    """A user's controller: accept when E ≤ 1 and double, else halve."""
+
+    def init(self, error_order):
+        return 0
+
+    def adapt(self, ratio, h, state):
+        return (True, 2 * h, state + 1) if ratio <= 1 else (False, h / 2, state)
+
+
+@pytest.mark.parametrize(
+    "controller",
+    [pyode.PIController(), pyode.IController(), pyode.PIDController(), pyode.PIDController(0.3, 0.3, 0.0), _Doubling()],
+    ids=repr,
+)
+def test_every_controller_meets_the_tolerance(controller):
+    # y' = -2ty², y(0) = 1 on [0, 2]: y = 1/(1 + t²). Any controller that accepts only E ≤ 1
+    # meets the tolerance up to the usual global-error factor (10 here, measured ≤ 3).
+    prob = pyode.ODEProblem(lambda t, y: -2 * t * y * y, torch.tensor([1.0], dtype=torch.float64), (0.0, 2.0))
+    sol = pyode.solve(prob, pyode.Tsit5(), rtol=1e-8, atol=1e-10, controller=controller, saveat=[0.7, 2.0])
+    exact = 1 / (1 + torch.tensor([0.7, 2.0], dtype=torch.float64) ** 2)
+    torch.testing.assert_close(sol.y[:, 0], exact, rtol=1e-7, atol=0)
+    assert sol.stats.naccept > 5
+
+
+def test_constant_step_size_is_fixed_stepping():
+    prob = pyode.ODEProblem(lambda t, y: -y, torch.ones(2, dtype=torch.float64), (0.0, 1.0))
+    fixed = pyode.solve(prob, pyode.Tsit5(), dt=0.1, adaptive=False)
+    constant = pyode.solve(prob, pyode.Tsit5(), dt=0.1, controller=pyode.ConstantStepSize())
+    assert constant.stats == fixed.stats and constant.stats.naccept == 10
+    torch.testing.assert_close(constant.y, fixed.y, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"controller=ConstantStepSize\(\) steps with a fixed step size: pass dt="):
+        pyode.solve(prob, pyode.Tsit5(), controller=pyode.ConstantStepSize())
+    with pytest.raises(ValueError, match="adaptive=True contradicts"):
+        pyode.solve(prob, pyode.Tsit5(), dt=0.1, adaptive=True, controller=pyode.ConstantStepSize())
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: pyode.IController(safety=1.5), "IController: safety"),
+        (lambda: pyode.PIDController(factor_min=2.0), "PIDController: factor_min"),
+        (lambda: pyode.PIDController(icoeff=0.0), "icoeff must be positive"),
+    ],
+)
+def test_bad_controller_settings_are_named(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_a_controller_must_be_a_controller():
+    prob = pyode.ODEProblem(lambda t, y: -y, torch.ones(1), (0.0, 1.0))
+    with pytest.raises(TypeError, match="controller must be a pyode step-size controller"):
+        pyode.solve(prob, pyode.Tsit5(), controller="pid")
