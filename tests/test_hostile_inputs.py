@@ -217,6 +217,16 @@ def test_a_tensor_computed_outside_f_from_a_parameter_works(sensealg):
     torch.testing.assert_close(gradient(sensealg, explicit=True), reference, rtol=1e-6, atol=1e-8)
 
 
+def test_a_parameter_computed_from_another_is_refused():
+    # Both in params would count the path through W2 twice (a silently doubled gradient).
+    W = torch.tensor([[-0.5, 0.1], [0.2, -0.3]], dtype=torch.float64, requires_grad=True)
+    W2 = 2 * W
+    prob = pyode.ODEProblem(lambda t, y: y @ W2.T, torch.ones(2, dtype=torch.float64), (0, 1), [W2, W])
+    for sensealg in ADJOINTS:
+        with pytest.raises(ValueError, match=r"params\[0\] is computed from prob\.params\[1\]"):
+            pyode.solve(prob, pyode.Tsit5(), saveat=[1.0], sensealg=sensealg)
+
+
 def test_a_closure_outside_params_is_still_named():
     W = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
     W2 = 2 * W

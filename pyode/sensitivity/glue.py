@@ -134,6 +134,32 @@ class VectorField:
         return [g.view_as(p).to(p.dtype) for g, p in zip(flat.split(self.sizes), self.params)]
 
 
+def _check_independent(params: tuple[torch.Tensor, ...]) -> None:
+    """Refuse a parameter computed from another one: the VJP with respect to both would count
+    the path through the computed one twice (once in its own gradient, which backward carries on
+    upwards, and once in its ancestor's)."""
+    index = {id(p): i for i, p in enumerate(params)}
+    nodes = {p.grad_fn: i for i, p in enumerate(params) if p.grad_fn is not None}
+    for i, p in enumerate(params):
+        if p.grad_fn is None:
+            continue
+        stack, seen = [fn for fn, _ in p.grad_fn.next_functions], set()
+        while stack:
+            node = stack.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            variable = getattr(node, "variable", None)
+            j = nodes.get(node, index.get(id(variable)) if variable is not None else None)
+            if j is not None:
+                raise ValueError(
+                    f"prob.params[{i}] is computed from prob.params[{j}]: the adjoint would count the path "
+                    f"through params[{i}] twice. List only one of them (gradients flow on from a computed "
+                    "tensor to what it was computed from)"
+                )
+            stack.extend(fn for fn, _ in node.next_functions)
+
+
 def _tightest(tolerance: Any) -> Any:
     """A per-element tolerance as one number for the adjoint state: its smallest positive entry
     (0 where all are 0, when the other tolerance carries the test)."""
@@ -290,6 +316,8 @@ class AbstractAdjoint(AbstractSensitivityAlgorithm):
         times = [t if isinstance(t, torch.Tensor) and t.requires_grad else None for t in (t0, t1)]
         saveat = opts.saveat_tensor
         check = Stats()
+        if torch.is_grad_enabled():
+            _check_independent(params)
         if torch.is_grad_enabled() and self._check_closure:
             VectorField(prob, layout, params, check).check_closure(
                 float(t0.detach()) if isinstance(t0, torch.Tensor) else float(t0), y0
