@@ -19,10 +19,11 @@ from typing import Any, Callable
 
 import torch
 
+from .integrate import StateLayout
 from .norms import mixed_norm
 from .problem import ODEProblem, State
 from .sensitivity import BacksolveAdjoint
-from .solve import StateLayout, solve
+from .solve import solve
 from .solvers import BS3, DP5, DP8, RK4, Euler, Heun, Midpoint, Tsit5
 from .solvers.base import AbstractSolver
 from .step_control import PIController

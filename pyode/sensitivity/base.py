@@ -6,15 +6,15 @@ import abc
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ..integrate import SolveOptions
     from ..problem import ODEProblem, Solution
-    from ..solve import SolveOptions
     from ..solvers.base import AbstractSolver
 
 
 class AbstractSensitivityAlgorithm(abc.ABC):
     """How gradients flow back through a solve. Subclasses are small frozen descriptions.
 
-    `solve` runs the forward loop (`pyode.solve.integrate`) in whatever way the algorithm needs:
+    `solve` runs the forward loop (`pyode.integrate.integrate`) in whatever way the algorithm needs:
     under autograd, or under `no_grad` wrapped in a `torch.autograd.Function` whose backward
     solves the adjoint system with the same loop.
     """

@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..integrate import StateLayout, flow_shift, integrate
 from ..problem import ODEProblem, Stats
-from ..solve import StateLayout, flow_shift, integrate
 from ..solvers.reversible import AbstractReversibleSolver
 from .base import AbstractSensitivityAlgorithm
 
 if TYPE_CHECKING:
+    from ..integrate import SolveOptions
     from ..problem import Solution
-    from ..solve import SolveOptions
     from ..solvers.base import AbstractSolver
 
 
@@ -103,7 +103,7 @@ def _checkpointed(prob: ODEProblem, solver: AbstractSolver, opts: SolveOptions, 
     `torch.utils.checkpoint`, so that backward holds one segment's graph at a time."""
     from torch.utils.checkpoint import checkpoint
 
-    from ..solve import make_options
+    from ..integrate import make_options
 
     layout = StateLayout(prob.y0)
     with torch.no_grad():

@@ -3,7 +3,7 @@ the vector-Jacobian products of f, and the bookkeeping of jumps and time gradien
 
 An adjoint method subclasses `AbstractAdjoint` and implements `backward_sweep`: given the
 forward record and dL/dy at each save point, return dL/dy0 and dL/dθ, integrating the adjoint
-system with the same loop (`pyode.solve.integrate`) as the forward solve.
+system with the same loop (`pyode.integrate.integrate`) as the forward solve.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any, Callable, NamedTuple, Sequence
 import torch
 
 from .._autocast import no_autocast
+from ..integrate import SolveOptions, StateLayout, integrate, make_options
 from ..interpolation import DenseOutput
 from ..norms import Norm, make_seminorm, mixed_norm
 from ..problem import ODEProblem, Solution, Stats
-from ..solve import SolveOptions, StateLayout, integrate, make_options
 from ..solvers.base import AbstractSolver
 from .base import AbstractSensitivityAlgorithm
 

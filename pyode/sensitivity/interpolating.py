@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..integrate import SolveOptions, integrate, make_options
 from ..problem import ODEProblem, Stats
-from ..solve import SolveOptions, integrate, make_options
 from ..solvers.base import AbstractSolver
 from .glue import (
     AbstractAdjoint,

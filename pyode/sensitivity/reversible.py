@@ -7,8 +7,8 @@ from typing import Any, Callable
 
 import torch
 
+from ..integrate import SolveOptions
 from ..problem import ODEProblem, Solution, Stats
-from ..solve import SolveOptions
 from ..solvers.base import AbstractSolver
 from ..solvers.reversible import AbstractReversibleSolver
 from .glue import AbstractAdjoint, AdjointGradients, ForwardRecord, VectorField

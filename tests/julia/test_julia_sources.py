@@ -19,7 +19,7 @@ import torch
 
 import pyode
 from pyode.backends.julia import _marshal, _request, _runtime
-from pyode.solve import make_options
+from pyode.integrate import make_options
 
 from . import jlsyntax
 from .fake_julia import FakePyODE

@@ -16,9 +16,9 @@ import torch
 
 from ... import sensitivity as sens
 from ... import solvers
+from ...integrate import SolveOptions
 from ...julia import Chain
 from ...problem import ODEProblem
-from ...solve import SolveOptions
 from ._marshal import times_to_julia
 
 # pyode name -> the pyode class it must be exactly (subclasses and custom tableaus are torch-only).

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
+from ...integrate import SolveOptions
 from ...problem import ODEProblem, ReturnCode, Solution, SolveError
-from ...solve import SolveOptions
 from . import _marshal
 from ._request import JuliaRequest, build_request
 from ._runtime import JuliaLogWarning, load, model_for

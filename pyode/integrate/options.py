@@ -1,0 +1,257 @@
+"""What `solve` was asked for, validated against the problem and the solver, in host floats."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch
+
+from ..norms import Norm, rms_norm
+from ..problem import ODEProblem
+from ..regularizers import Regularization
+from ..regularizers import check as check_regularization
+from ..solvers.base import AbstractSolver
+from ..solvers.reversible import AbstractReversibleSolver
+from ..step_control import AbstractController, PIController
+from .state import StateLayout
+
+_EPS = 2.220446049250313e-16  # float64 machine epsilon: host-side time arithmetic is float64
+
+
+Tolerance = Union[float, torch.Tensor]  # a number, or one per element of the flat state (n,)
+
+
+@dataclass(frozen=True)
+class SolveOptions:
+    """Everything `solve` was asked for, validated and in host floats."""
+
+    saveat: tuple[float, ...] | None
+    saveat_tensor: torch.Tensor | None  # the save times when they require grad
+    dt: float | None
+    adaptive: bool
+    rtol: Tolerance
+    atol: Tolerance
+    internalnorm: Norm
+    controller: AbstractController
+    tstops: tuple[float, ...]
+    dtmin: float
+    dtmax: float
+    max_steps: int
+    dense: bool
+    time_dtype: torch.dtype
+    regularize: Regularization | None = None
+
+
+def _times(
+    values: Any, name: str, t0: float, t1: float, strict_inside: bool = False
+) -> tuple[tuple[float, ...], torch.Tensor | None]:
+    """Validate a sequence of times: 1-D, finite, strictly monotone in the direction of t0 → t1,
+    and within the span. Returns them as floats, plus the tensor when it requires grad."""
+    tensor = values if isinstance(values, torch.Tensor) else None
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"{name} must be a 1-D tensor or a sequence of numbers; got the string {values!r}")
+    if tensor is not None:
+        if tensor.dim() != 1:
+            raise ValueError(f"{name} must be a 1-D tensor of times; got shape {tuple(tensor.shape)}")
+        floats = tuple(float(v) for v in tensor.detach().cpu().tolist())
+    else:
+        try:
+            floats = tuple(float(v) for v in values)
+        except TypeError:
+            raise TypeError(
+                f"{name} must be a 1-D tensor or a sequence of numbers; got {type(values).__name__}"
+            ) from None
+    direction = 1.0 if t1 >= t0 else -1.0
+    word = "increasing" if direction > 0 else "decreasing (t1 < t0 integrates backward)"
+    for i, v in enumerate(floats):
+        if not math.isfinite(v):
+            raise ValueError(f"{name}[{i}] = {v} is not finite")
+        if i and direction * (v - floats[i - 1]) <= 0:
+            kind = "duplicated" if v == floats[i - 1] else "out of order"
+            raise ValueError(f"{name} must be strictly {word}; {name}[{i}] = {v} is {kind} after {floats[i - 1]}")
+        lo, hi = min(t0, t1), max(t0, t1)
+        if not lo <= v <= hi:
+            raise ValueError(f"{name}[{i}] = {v} lies outside tspan ({t0}, {t1})")
+    return floats, (tensor if tensor is not None and tensor.requires_grad else None)
+
+
+def _span(prob: ODEProblem) -> tuple[float, float]:
+    return tuple(float(t.detach()) if isinstance(t, torch.Tensor) else float(t) for t in prob.tspan)
+
+
+def _tolerance(value: Any, name: str, layout: StateLayout) -> Tolerance:
+    """A tolerance as a float, or as a flat (n,) tensor on the state's device and dtype.
+
+    Accepts what torchdiffeq accepts: a number, a tensor broadcastable to the state (or already
+    flat, (n,)), or for tuple states a tuple with one number or tensor per component.
+    """
+    if not isinstance(value, (torch.Tensor, numbers.Real, str, tuple, list)) and hasattr(value, "__array__"):
+        value = torch.as_tensor(value)  # a numpy array
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, torch.Tensor) or (isinstance(value, (tuple, list)) and layout.is_tuple):
+        if isinstance(value, torch.Tensor) and value.numel() == layout.numel and value.dim() == 1:
+            flat = value.detach().to(dtype=layout.dtype, device=layout.device)
+        else:
+            if isinstance(value, torch.Tensor):
+                parts = (value,) * len(layout.shapes) if layout.is_tuple else (value,)
+            elif len(value) != len(layout.shapes):
+                raise ValueError(
+                    f"{name} has {len(value)} entries, but the state has {len(layout.shapes)} components; "
+                    "give one tolerance per component"
+                )
+            else:
+                parts = value
+            pieces = []
+            for part, shape in zip(parts, layout.shapes):
+                part = torch.as_tensor(part).detach().to(dtype=layout.dtype, device=layout.device)
+                try:
+                    pieces.append(part.broadcast_to(shape).reshape(-1))
+                except RuntimeError:
+                    raise ValueError(
+                        f"{name} of shape {tuple(part.shape)} does not broadcast to the state's shape {tuple(shape)}"
+                    ) from None
+            flat = torch.cat(pieces)
+        if not bool((torch.isfinite(flat) & (flat >= 0)).all()):
+            raise ValueError(f"{name} must be non-negative and finite everywhere")
+        return flat.contiguous()
+    if isinstance(value, (tuple, list)):
+        raise TypeError(f"{name} as a tuple needs a tuple state (one tolerance per component); give a number")
+    return _positive(value, name, allow_zero=True)
+
+
+def _positive(value: Any, name: str, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number; got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'non-negative' if allow_zero else 'positive'} and finite; got {value}")
+    return value
+
+
+def make_options(
+    prob: ODEProblem,
+    solver: AbstractSolver,
+    *,
+    saveat: Any = None,
+    dt: float | None = None,
+    adaptive: bool | None = None,
+    rtol: float = 1e-6,
+    atol: float = 1e-8,
+    internalnorm: Norm | None = None,
+    controller: AbstractController | None = None,
+    tstops: Any = None,
+    dtmin: float | None = None,
+    dtmax: float | None = None,
+    max_steps: int = 100_000,
+    dense: bool | None = None,
+    time_dtype: torch.dtype | None = None,
+    regularize: bool | Regularization = False,
+) -> SolveOptions:
+    """Validate `solve`'s keywords against the problem and the solver."""
+    if not isinstance(prob, ODEProblem):
+        raise TypeError(f"prob must be a pyode.ODEProblem; got {type(prob).__name__}")
+    if not isinstance(solver, AbstractSolver):
+        raise TypeError(f"solver must be a pyode solver such as pyode.Tsit5(); got {solver!r}")
+    t0, t1 = _span(prob)
+    layout = StateLayout(prob.y0)
+    rtol = _tolerance(rtol, "rtol", layout)
+    atol = _tolerance(atol, "atol", layout)
+    if not bool((torch.as_tensor(rtol) + torch.as_tensor(atol) > 0).all()):
+        raise ValueError("rtol and atol are both 0 (for some component); at least one must be positive")
+    if controller is None:
+        controller = PIController()
+    elif not isinstance(controller, AbstractController):
+        raise TypeError(
+            "controller must be a pyode step-size controller (PIController, IController, PIDController, "
+            f"ConstantStepSize, or a subclass of pyode.AbstractController); got {type(controller).__name__}"
+        )
+    if not controller.adaptive:
+        if adaptive:
+            raise ValueError(f"adaptive=True contradicts controller={controller!r}, which steps with a fixed dt")
+        adaptive = False
+    if adaptive is None:
+        adaptive = solver.adaptive
+    elif adaptive and not solver.adaptive:
+        raise ValueError(f"{solver!r} has no error estimate, so it cannot step adaptively; pass dt= for fixed steps")
+    if dt is not None:
+        dt = _positive(dt, "dt")
+    elif not adaptive:
+        why = (
+            f"controller={controller!r}"
+            if not controller.adaptive
+            else "adaptive=False"
+            if solver.adaptive
+            else f"{solver!r} has no error estimate and"
+        )
+        raise ValueError(f"{why} steps with a fixed step size: pass dt=")
+    if internalnorm is None:
+        internalnorm = rms_norm
+    elif not callable(internalnorm):
+        raise TypeError(f"internalnorm must be callable on a state; got {type(internalnorm).__name__}")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, numbers.Integral) or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive integer; got {max_steps!r}")
+    max_steps = int(max_steps)
+    span = abs(t1 - t0)
+    dtmax = span if dtmax is None else _positive(dtmax, "dtmax")
+    if dtmin is None:
+        dtmin = 16 * _EPS * max(abs(t0), abs(t1), span, 1e-300)
+    else:
+        dtmin = _positive(dtmin, "dtmin", allow_zero=True)
+    saves, saves_tensor = (None, None) if saveat is None else _times(saveat, "saveat", t0, t1)
+    stops = (
+        ()
+        if tstops is None
+        else _times(
+            sorted(
+                set(float(s) for s in (tstops.tolist() if isinstance(tstops, torch.Tensor) else tstops)),
+                reverse=t1 < t0,
+            ),
+            "tstops",
+            t0,
+            t1,
+        )[0]
+    )
+    if isinstance(solver, AbstractReversibleSolver):
+        # No dense interpolant: the steps land on the save points instead.
+        if dense:
+            raise ValueError(f"{solver!r} has no dense output, so dense=True is not available; use saveat=")
+        dense = False
+        if saves:
+            stops = tuple(sorted(set(stops) | set(saves), reverse=t1 < t0))
+    if dense is None:
+        dense = saveat is None
+    if time_dtype is None:
+        time_dtype = torch.float32 if layout.device.type == "mps" else torch.float64
+    elif time_dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"time_dtype must be torch.float32 or torch.float64; got {time_dtype}")
+    if regularize is True:
+        regularize = Regularization()
+    elif regularize is False or regularize is None:
+        regularize = None
+    elif not isinstance(regularize, Regularization):
+        raise TypeError(
+            f"regularize must be True, False, a pyode.Regularization or a pyode.LocalRegularization; got {regularize!r}"
+        )
+    if regularize is not None:
+        check_regularization(regularize, solver)
+    return SolveOptions(
+        saveat=saves,
+        saveat_tensor=saves_tensor,
+        dt=dt,
+        adaptive=bool(adaptive),
+        rtol=rtol,
+        atol=atol,
+        internalnorm=internalnorm,
+        controller=controller,
+        tstops=stops,
+        dtmin=dtmin,
+        dtmax=dtmax,
+        max_steps=max_steps,
+        dense=bool(dense),
+        time_dtype=time_dtype,
+        regularize=regularize,
+    )
