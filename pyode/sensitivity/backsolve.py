@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..problem import Stats
-from .glue import (
+from .adjoint import (
     AbstractAdjoint,
     AdjointGradients,
     ForwardRecord,

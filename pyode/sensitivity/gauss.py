@@ -8,7 +8,7 @@ import torch
 
 from ..problem import Stats
 from ..solvers.base import AbstractSolver
-from .glue import (
+from .adjoint import (
     AbstractAdjoint,
     AdjointGradients,
     ForwardRecord,

@@ -10,7 +10,7 @@ import torch
 from ..integrate import SolveOptions, integrate, make_options
 from ..problem import ODEProblem, Stats
 from ..solvers.base import AbstractSolver
-from .glue import (
+from .adjoint import (
     AbstractAdjoint,
     AdjointGradients,
     ForwardRecord,

@@ -12,7 +12,7 @@ import torch
 from .. import interpolation
 from ..problem import Stats
 from ..solvers.base import AbstractSolver
-from .glue import (
+from .adjoint import (
     AbstractAdjoint,
     AdjointGradients,
     ForwardRecord,

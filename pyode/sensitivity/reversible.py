@@ -11,7 +11,7 @@ from ..integrate import SolveOptions
 from ..problem import ODEProblem, Solution, Stats
 from ..solvers.base import AbstractSolver
 from ..solvers.reversible import AbstractReversibleSolver
-from .glue import AbstractAdjoint, AdjointGradients, ForwardRecord, VectorField
+from .adjoint import AbstractAdjoint, AdjointGradients, ForwardRecord, VectorField
 
 
 @dataclass(frozen=True, repr=False)

@@ -1,5 +1,6 @@
-"""The glue every adjoint method shares: one `torch.autograd.Function` around the forward loop,
-the vector-Jacobian products of f, and the bookkeeping of jumps and time gradients.
+"""What every adjoint method shares: one `torch.autograd.Function` around the forward loop and
+its backward sweep, the vector-Jacobian products of f, and the bookkeeping of jumps and time
+gradients.
 
 An adjoint method subclasses `AbstractAdjoint` and implements `backward_sweep`: given the
 forward record and dL/dy at each save point, return dL/dy0 and dL/dθ, integrating the adjoint
@@ -322,11 +323,9 @@ class AbstractAdjoint(AbstractSensitivityAlgorithm):
             VectorField(prob, layout, params, check).check_closure(
                 float(t0.detach()) if isinstance(t0, torch.Tensor) else float(t0), y0
             )
-        holder: dict[str, Any] = {}
-        ys = _AdjointFunction.apply(
-            self, holder, prob, solver, opts, throw, layout, y0, times[0], times[1], saveat, *params
-        )
-        sol = holder["solution"]
+        setup = _Setup(self, {}, prob, solver, opts, throw, layout)
+        ys = _AdjointFunction.apply(setup, y0, times[0], times[1], saveat, *params)
+        sol = setup.holder["solution"]
         sol.y = layout.unflatten_batch(ys)
         if torch.is_grad_enabled():
             sol.stats.nfe += check.nfe
@@ -335,6 +334,19 @@ class AbstractAdjoint(AbstractSensitivityAlgorithm):
                     f"{type(self).__name__} solves forward without recording, so its dense output is a constant"
                 )
         return sol
+
+
+class _Setup(NamedTuple):
+    """Everything `_AdjointFunction` takes besides the tensors it differentiates, as one input
+    (so that backward returns a single None for it)."""
+
+    sensealg: AbstractAdjoint
+    holder: dict  # receives the forward Solution
+    prob: ODEProblem
+    solver: AbstractSolver
+    opts: SolveOptions
+    throw: bool
+    layout: StateLayout
 
 
 class _AdjointFunction(torch.autograd.Function):
@@ -347,7 +359,8 @@ class _AdjointFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, sensealg, holder, prob, solver, opts, throw, layout, y0, t0, t1, saveat, *params):
+    def forward(ctx, setup: _Setup, y0, t0, t1, saveat, *params):
+        sensealg, holder, prob, solver, opts, throw, layout = setup
         detached = dataclasses.replace(prob, y0=layout.unflatten(y0.detach()))
         hook, data = sensealg.forward_hook()
         with torch.no_grad():
@@ -419,7 +432,7 @@ class _AdjointFunction(torch.autograd.Function):
             saved = [*ctx.saved_tensors, grad_ys]
             inputs = [x for x in saved if x is not None and x.requires_grad]
             grads_out = _first_order_only(type(sensealg).__name__, inputs, grads_out)
-        return (None, None, None, None, None, None, None, *grads_out)
+        return (None, *grads_out)  # nothing for the setup; y0, t0, t1, saveat, params in order
 
 
 def _first_order_only(
