@@ -10,7 +10,7 @@ import torch
 
 from ._autocast import autocast_in_force, no_autocast, under_autocast
 from .integrate import SolveOptions, StateLayout, make_options
-from .integrate.options import _span
+from .integrate.options import time_span
 from .norms import Norm
 from .problem import ODEProblem, Solution
 from .regularizers import LocalRegularization, Regularization, local_estimates
@@ -153,7 +153,7 @@ def _locally_regularized(
     The local step evaluates `prob.f` in torch on either engine: on the Julia engine `f` is a
     `pyode.julia.Chain`, the same function as the Lux model, so only y(t_s) comes from Julia.
     """
-    t0, t1 = _span(prob)
+    t0, t1 = time_span(prob)
     t_s = t0 + float(torch.rand((), dtype=torch.float64)) * (t1 - t0)
     index = inserted = None
     if opts.saveat is not None:

@@ -19,7 +19,7 @@ from ..problem import ODEProblem, ReturnCode, Solution, SolveError, Stats
 from ..regularizers import Accumulator
 from ..solvers.base import AbstractSolver
 from ..step_control import initial_step
-from .options import _EPS, SolveOptions, _span
+from .options import EPS, SolveOptions, time_span
 from .state import StateLayout, flow_shift
 
 StepHook = Callable[[float, float, torch.Tensor, torch.Tensor, torch.Tensor], None]
@@ -39,7 +39,7 @@ def integrate(
     layout = StateLayout(prob.y0)
     y0 = layout.flatten(prob.y0)
     dtype, device = y0.dtype, y0.device
-    t0, t1 = _span(prob)
+    t0, t1 = time_span(prob)
     direction = 1.0 if t1 >= t0 else -1.0
     stats = Stats()
     user_f = prob.f
@@ -107,7 +107,7 @@ def integrate(
         remaining = direction * (stop - t)
         # Stretch a step by up to 1% to land on a stop rather than leave a sliver (Hairer's
         # DOPRI5); a fixed step lands when it is within rounding of the stop.
-        reach = min(1.01 * h_abs, opts.dtmax) if opts.adaptive else h_abs + 64 * _EPS * max(abs(t), abs(stop))
+        reach = min(1.01 * h_abs, opts.dtmax) if opts.adaptive else h_abs + 64 * EPS * max(abs(t), abs(stop))
         if reach >= remaining:
             h, t_new, on_stop = direction * remaining, stop, True
         else:

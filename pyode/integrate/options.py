@@ -18,7 +18,7 @@ from ..solvers.reversible import AbstractReversibleSolver
 from ..step_control import AbstractController, PIController
 from .state import StateLayout
 
-_EPS = 2.220446049250313e-16  # float64 machine epsilon: host-side time arithmetic is float64
+EPS = 2.220446049250313e-16  # float64 machine epsilon: host-side time arithmetic is float64
 
 
 Tolerance = Union[float, torch.Tensor]  # a number, or one per element of the flat state (n,)
@@ -78,7 +78,8 @@ def _times(
     return floats, (tensor if tensor is not None and tensor.requires_grad else None)
 
 
-def _span(prob: ODEProblem) -> tuple[float, float]:
+def time_span(prob: ODEProblem) -> tuple[float, float]:
+    """(t0, t1) as host floats."""
     return tuple(float(t.detach()) if isinstance(t, torch.Tensor) else float(t) for t in prob.tspan)
 
 
@@ -156,7 +157,7 @@ def make_options(
         raise TypeError(f"prob must be a pyode.ODEProblem; got {type(prob).__name__}")
     if not isinstance(solver, AbstractSolver):
         raise TypeError(f"solver must be a pyode solver such as pyode.Tsit5(); got {solver!r}")
-    t0, t1 = _span(prob)
+    t0, t1 = time_span(prob)
     layout = StateLayout(prob.y0)
     rtol = _tolerance(rtol, "rtol", layout)
     atol = _tolerance(atol, "atol", layout)
@@ -198,7 +199,7 @@ def make_options(
     span = abs(t1 - t0)
     dtmax = span if dtmax is None else _positive(dtmax, "dtmax")
     if dtmin is None:
-        dtmin = 16 * _EPS * max(abs(t0), abs(t1), span, 1e-300)
+        dtmin = 16 * EPS * max(abs(t0), abs(t1), span, 1e-300)
     else:
         dtmin = _positive(dtmin, "dtmin", allow_zero=True)
     saves, saves_tensor = (None, None) if saveat is None else _times(saveat, "saveat", t0, t1)
