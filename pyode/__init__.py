@@ -11,6 +11,9 @@ from . import julia as julia
 from . import nn as nn
 from .compat import odeint as odeint
 from .compat import odeint_adjoint as odeint_adjoint
+from .integrate import AcceptedStep as AcceptedStep
+from .integrate import Event as Event
+from .integrate import Observer as Observer
 from .norms import make_seminorm as make_seminorm
 from .norms import max_norm as max_norm
 from .norms import mixed_norm as mixed_norm

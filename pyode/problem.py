@@ -181,6 +181,12 @@ class Solution:
         error_estimate, stiffness_estimate: the regularizers R_E and R_S (0-d tensors) when
             solved with `regularize=...`; None otherwise.
         regularization_time: the time t_s of the local step, with `LocalRegularization`.
+        event_time: with `events=`, the time of the terminal event that stopped the solve (a 0-d
+            tensor carrying the event time's gradient), or, for a batched condition, one time per
+            element (NaN where the element's event did not occur); None if none stopped it.
+        event_index: which event (its index in `events`) stopped the solve; per element (-1 for
+            none) for a batched condition.
+        event_log: every event that occurred, in order: (time, index) pairs, times with gradients.
     """
 
     t: torch.Tensor
@@ -195,6 +201,9 @@ class Solution:
     error_estimate: torch.Tensor | None = None
     stiffness_estimate: torch.Tensor | None = None
     regularization_time: float | None = None
+    event_time: torch.Tensor | None = None
+    event_index: Any = None
+    event_log: list = field(default_factory=list)
     # Why `sol(t)` carries no gradient although `sol.y` does (set by the sensealgs whose dense
     # output comes from an unrecorded solve); calling it with grad enabled then raises.
     dense_without_gradient: str | None = field(default=None, repr=False)

@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 
 from .norms import rms_norm
-from .solvers.base import AbstractSolver, Step
+from .solvers.base import AbstractSolver, StepResult
 from .step_control import initial_step
 
 
@@ -87,7 +87,7 @@ class Accumulator:
         self.stiffness: torch.Tensor | None = None
         self.steps = 0
 
-    def accept(self, step: Step, ratio: torch.Tensor) -> None:
+    def accept(self, step: StepResult, ratio: torch.Tensor) -> None:
         self.steps += 1
         if self.options.error is not None:
             term = ratio * abs(step.h)
@@ -113,7 +113,7 @@ class Accumulator:
         return error, stiffness
 
 
-def step_stiffness(step: Step, scale: float | None) -> torch.Tensor:
+def step_stiffness(step: StepResult, scale: float | None) -> torch.Tensor:
     """Shampine's estimate ‖k_s - k_{s-1}‖ / ‖Y_s - Y_{s-1}‖ of one step, over `scale` if given."""
     k = step.stages
     y_prev, y_last = step.stage_inputs

@@ -10,7 +10,9 @@ import torch
 
 from ._autocast import autocast_in_force, no_autocast, under_autocast
 from .integrate import SolveOptions, StateLayout, make_options
+from .integrate.events import Event
 from .integrate.options import time_span
+from .integrate.record import Observer
 from .norms import Norm
 from .problem import ODEProblem, Solution
 from .regularizers import LocalRegularization, Regularization, local_estimates
@@ -38,6 +40,10 @@ def solve(
     dense: bool | None = None,
     time_dtype: torch.dtype | None = None,
     regularize: bool | Regularization | LocalRegularization = False,
+    events: Event | Sequence[Event] | None = None,
+    d_discontinuities: torch.Tensor | Sequence[float] | None = None,
+    observers: Sequence[Observer] = (),
+    progress: bool = False,
     sensealg: Any = None,
     throw: bool = True,
     backend: str = "torch",
@@ -72,6 +78,16 @@ def solve(
             `DirectAdjoint`; True for the defaults, or a `pyode.Regularization`. Or a
             `pyode.LocalRegularization`: the same terms from one step at a random time, with
             any sensealg and on either engine.
+        events: a `pyode.Event` or a list of them: zero crossings of a condition, located on each
+            step's dense output; the solve stops there (terminal) or applies the event's
+            `affect` and continues. Gradients flow through the event time (see `Event`).
+        d_discontinuities: times where f jumps (a dose, a switch): steps land on them, stages
+            there see the time just before the jump, and the next step restarts with f just
+            after it (torchdiffeq's `jump_t` and `perturb`; SciML's name).
+        observers: `pyode.Observer` instances that receive every attempted, rejected and
+            accepted step (custom logging, torchdiffeq's callbacks).
+        progress: draw a tqdm progress bar over the time span with the NFE and step size
+            (needs tqdm; redrawn at most every 0.1 s).
         sensealg: how gradients flow back through the solve; `DirectAdjoint()` by default
             (`ReversibleAdjoint()` for reversible solvers).
             See `pyode/sensitivity/README.md` for when to choose which.
@@ -116,6 +132,10 @@ def solve(
         dense=dense,
         time_dtype=time_dtype,
         regularize=regularize,
+        events=events,
+        d_discontinuities=d_discontinuities,
+        observers=observers,
+        progress=progress,
     )
 
     user_prob = prob

@@ -135,8 +135,8 @@ def test_single_output_time():
 
 
 def test_unknown_method_lists_ours():
-    with pytest.raises(ValueError, match="unknown method 'scipy_solver'; pyode has") as info:
-        pyode.odeint(VAN_DER_POL.f, _y0(), torch.linspace(0, 1, 3), method="scipy_solver")
+    with pytest.raises(ValueError, match="unknown method 'fehlberg2'; pyode has") as info:
+        pyode.odeint(VAN_DER_POL.f, _y0(), torch.linspace(0, 1, 3), method="fehlberg2")
     for name in METHODS:
         assert name in str(info.value)
 
@@ -147,7 +147,7 @@ def test_unknown_method_lists_ours():
         ("dopri5", dict(step_size=0.1), "not supported for method 'dopri5'"),
         ("euler", dict(first_step=0.1), "not supported for method 'euler'"),
         ("dopri5", dict(jump_t=[0.5]), "jump_t"),
-        ("euler", dict(interp="linear"), "cubic"),
+        ("euler", dict(interp="quadratic"), "interp"),
     ],
 )
 def test_unsupported_options(method, options, match):

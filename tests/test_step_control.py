@@ -11,11 +11,11 @@ import torch
 
 import pyode
 from pyode import interpolation
-from pyode.solvers.base import AbstractSolver, AbstractStepper, Step
+from pyode.solvers.base import AbstractSolver, DenseStepper, StepResult
 from pyode.step_control import PIController, initial_step
 
 
-class ScriptedStepper(AbstractStepper):
+class ScriptedStepper(DenseStepper):
     """Euler steps whose error ratio is read from a script: (ratio for attempt 1, 2, ...)."""
 
     def __init__(self, script: list[float], log: list, f):
@@ -24,7 +24,7 @@ class ScriptedStepper(AbstractStepper):
         self.f = f
 
     def step(self, t, y, h, k1):
-        return Step(t, h, y, y + h * k1, k1.unsqueeze(0), None)
+        return StepResult(t, h, y, y + h * k1, stages=k1.unsqueeze(0))
 
     def error_ratio(self, step, rtol, atol, norm):
         ratio = next(self.script)
@@ -47,7 +47,7 @@ class ScriptedSolver(AbstractSolver):
         self.script = script
         self.log: list = []
 
-    def stepper(self, f: Callable, dtype, device) -> AbstractStepper:
+    def stepper(self, f: Callable, dtype, device) -> DenseStepper:
         return ScriptedStepper(self.script, self.log, f)
 
 

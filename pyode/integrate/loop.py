@@ -1,240 +1,287 @@
 """The integration loop: the one forward loop that every sensitivity method runs.
 
-Step control runs on host floats: each step reads its error ratio once (`.item()`, the step's
-only device sync) and decides accept/reject in plain Python. States travel as one flat vector,
-so a stage combination is one matrix-vector product over the stacked stages. This module
-imports nothing from `sensitivity/`, `backends/` or `solve.py`.
+step -> controller -> accept/reject -> events -> observers. Step control runs on host floats:
+each step reads its error ratio once (`.item()`, the step's only device sync) and decides in
+plain Python. States travel as one flat vector. What plugs in — save points and dense output
+(`saving.py`), events (`events.py`), the regularizers, the adjoints' recorders, the progress bar,
+the user's observers — reads each accepted step's record (`record.py`). This package imports
+nothing from `sensitivity/`, `backends/` or `solve.py`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
-from .. import interpolation
-from ..interpolation import DenseOutput
 from ..problem import ODEProblem, ReturnCode, Solution, SolveError, Stats
 from ..regularizers import Accumulator
-from ..solvers.base import AbstractSolver
+from ..solvers.base import AbstractSolver, AbstractStepper, DenseStepper, StepResult, StepStatus
 from ..step_control import initial_step
+from .events import EventHandler
 from .options import EPS, SolveOptions, time_span
-from .state import StateLayout, flow_shift
+from .progress import ProgressBar
+from .record import AcceptedStep, Observer, StepRecorder
+from .saving import Saver
+from .state import StateLayout
 
 StepHook = Callable[[float, float, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
+# A step that failed for a reason of its own (no error estimate to scale by) is retried this much smaller.
+_FAILED_STEP_FACTOR = 0.25
+
+
+class _Regularizing(Observer):
+    """R_E and R_S accumulate from the accepted steps' records."""
+
+    def __init__(self, accumulator: Accumulator, wants_graph: bool):
+        self.accumulator, self.wants_error_graph = accumulator, wants_graph
+
+    def accepted(self, step: AcceptedStep) -> None:
+        self.accumulator.accept(step.result, step.ratio)
+        return None
+
+
+def _overrides(observers: Sequence[Observer], name: str) -> list[Observer]:
+    return [o for o in observers if getattr(type(o), name) is not getattr(Observer, name)]
+
+
+def _nudge(t: float, toward: float, dtype: torch.dtype) -> float:
+    """The next representable time after t, toward `toward`, in the state's dtype."""
+    return float(torch.nextafter(torch.tensor(t, dtype=dtype), torch.tensor(toward, dtype=dtype)))
+
+
+class _Field:
+    """f on flat states, counted, with torchdiffeq's `perturb` at discontinuities: while a step
+    lands on a discontinuity, stages there see the time just before it."""
+
+    def __init__(self, f: Callable, layout: StateLayout, stats: Stats, direction: float):
+        self.user_f, self.layout, self.stats, self.direction = f, layout, stats, direction
+        self.jump: float | None = None  # the discontinuity the current step lands on
+        self.before = 0.0
+        self.slack = 0.0
+
+    def __call__(self, t: float, y: torch.Tensor) -> torch.Tensor:
+        self.stats.nfe += 1
+        if self.jump is not None and self.direction * (t - self.jump) >= -self.slack:
+            t = self.before
+        return self.layout.call(self.user_f, t, y)
+
+    def at(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # for save times that require grad
+        self.stats.nfe += 1
+        return self.layout.call_at(self.user_f, t, y)
+
+    def landing_on(self, jump: float | None, dtype: torch.dtype) -> None:
+        self.jump = jump
+        if jump is not None:
+            self.before = _nudge(jump, jump - self.direction, dtype)
+            self.slack = 64 * EPS * max(abs(jump), 1e-300)
+
+
+def _first_step(f, t0, t1, y0, k1, direction, solver, opts, norm) -> float:
+    if t0 == t1:
+        return 0.0
+    if opts.adaptive and opts.dt is None:
+        h = initial_step(f, t0, y0, k1, direction, solver.order, opts.rtol, opts.atol, norm)
+        return min(h, opts.dtmax)  # NaN stays NaN
+    return min(opts.dt, opts.dtmax)
+
+
+def _error_ratio(stepper: AbstractStepper, step: StepResult, opts: SolveOptions, norm, on_graph: bool):
+    """(ratio as a float or None for fixed steps, the ratio tensor when on the graph)."""
+    if step.status is StepStatus.FAILED:
+        return math.inf, None
+    if on_graph:
+        ratio = stepper.error_ratio(step, opts.rtol, opts.atol, norm)
+        return (ratio.item() if opts.adaptive else None), ratio
+    if not opts.adaptive:
+        return None, None
+    with torch.no_grad():  # the controller is not differentiated: keep the estimate off the graph
+        return stepper.error_ratio(step, opts.rtol, opts.atol, norm).item(), None
+
+
+class _Loop:
+    """One run of the loop: the setup, then `run`, then `solution`."""
+
+    def __init__(
+        self,
+        prob: ODEProblem,
+        solver: AbstractSolver,
+        opts: SolveOptions,
+        on_step: StepHook | None,
+        observers: Sequence[Observer],
+        alive: torch.Tensor | None,
+        stop_at_any_event: bool,
+    ):
+        self.prob, self.solver, self.opts = prob, solver, opts
+        self.layout = layout = StateLayout(prob.y0)
+        self.y0 = y0 = layout.flatten(prob.y0)
+        self.dtype = y0.dtype
+        self.t0, self.t1 = t0, t1 = time_span(prob)
+        self.direction = 1.0 if t1 >= t0 else -1.0
+        self.stats = Stats()
+        self.field = _Field(prob.f, layout, self.stats, self.direction)
+        self.events = (
+            EventHandler(opts.events, layout, t0, y0, opts.time_dtype, stop_at_any_event, alive)
+            if opts.events
+            else None
+        )
+        self.f = f = self.events.wrap(self.field) if self.events is not None else self.field
+        k1 = f(_nudge(t0, t1, self.dtype) if t0 in opts.discontinuities else t0, y0)
+        self.norm = layout.flat_norm(opts.internalnorm)
+        self.stepper = stepper = solver.stepper(f, self.dtype, y0.device)
+        self.control = opts.controller.init(solver.error_order) if opts.adaptive else None
+
+        self.saver = Saver(opts, layout, t0, t1, stepper.output, self.field.at, isinstance(stepper, DenseStepper))
+        self.saver.start_with(y0, k1)
+        self.regularizer = Accumulator(opts.regularize, solver) if opts.regularize is not None else None
+        watching: list[Observer] = [self.saver]
+        if self.regularizer is not None:
+            watching.append(_Regularizing(self.regularizer, opts.regularize.error is not None))
+        if on_step is not None:
+            watching.append(StepRecorder(on_step))
+        if opts.progress:
+            watching.append(ProgressBar(t0, t1, self.stats))
+        watching.extend(observers)
+        self.watching = watching
+        self.attempting, self.rejecting = _overrides(watching, "attempt"), _overrides(watching, "rejected")
+        for o in _overrides(watching, "start"):
+            o.start(t0, y0)
+        if self.events is not None:
+            self.events.start(t0, y0, k1)
+
+        self.stops = [s for s in opts.tstops if self.direction * (s - t0) > 0 and s != t1] + [t1]
+        self.stop_i = 0
+        self.t, self.y = t0, stepper.init(t0, y0, k1)
+        self.k1 = k1 if stepper.uses_k1 else None
+        self.h_abs = _first_step(f, t0, t1, y0, k1, self.direction, solver, opts, self.norm)
+        self.retcode = ReturnCode.Success if math.isfinite(self.h_abs) else ReturnCode.Unstable
+        self.ratio_on_graph = torch.is_grad_enabled() and any(o.wants_error_graph for o in watching)
+
+    def run(self) -> None:
+        opts, stats, direction = self.opts, self.stats, self.direction
+        while self.retcode is ReturnCode.Success and direction * (self.t1 - self.t) > 0:
+            if stats.naccept + stats.nreject >= opts.max_steps:
+                self.retcode = ReturnCode.MaxIters
+                break
+            h, t_new, on_stop, jump = self._propose()
+            if t_new == self.t:
+                self.retcode = ReturnCode.DtLessThanMin
+                break
+            self.field.landing_on(jump, self.dtype)
+            for o in self.attempting:
+                o.attempt(self.t, self.stepper.output(self.y), h)
+            step = self.stepper.step(self.t, self.y, h, self.k1)
+            ratio, ratio_tensor = _error_ratio(self.stepper, step, opts, self.norm, self.ratio_on_graph)
+            if opts.adaptive and not self._judge(step, h, ratio):
+                continue
+            stats.naccept += 1
+            self._accept(AcceptedStep(self.t, h, t_new, step, ratio_tensor, on_stop, self.stepper, self.f), jump)
+        for o in _overrides(self.watching, "finish"):
+            o.finish(self.t, self.retcode)
+
+    def _propose(self) -> tuple[float, float, bool, float | None]:
+        """The next step (h, t_new, whether it lands on a stop, the discontinuity it lands on)."""
+        t, opts = self.t, self.opts
+        stop = self.stops[self.stop_i]
+        remaining = self.direction * (stop - t)
+        # Stretch a step by up to 1% to land on a stop rather than leave a sliver (Hairer's
+        # DOPRI5); a fixed step lands when it is within rounding of the stop.
+        if opts.adaptive:
+            reach = min(1.01 * self.h_abs, opts.dtmax)
+        else:
+            reach = self.h_abs + 64 * EPS * max(abs(t), abs(stop))
+        if reach >= remaining:
+            return self.direction * remaining, stop, True, (stop if stop in opts.discontinuities else None)
+        h = self.direction * self.h_abs
+        return h, t + h, False, None
+
+    def _judge(self, step: StepResult, h: float, ratio: float) -> bool:
+        """Accept or reject the step; a rejection updates the step size and may end the solve."""
+        accepted, h_next, self.control = self.opts.controller.adapt(ratio, abs(h), self.control)
+        if step.status is StepStatus.FAILED:
+            accepted, h_next = False, abs(h) * _FAILED_STEP_FACTOR
+        if accepted:
+            self.h_abs = min(h_next, self.opts.dtmax)
+            return True
+        self.stats.nreject += 1
+        self.h_abs = h_next
+        for o in self.rejecting:
+            o.rejected(self.t, self.stepper.output(self.y), h, ratio)
+        if not h_next >= self.opts.dtmin:  # also NaN
+            self.retcode = ReturnCode.DtLessThanMin if math.isfinite(ratio) else ReturnCode.Unstable
+        return False
+
+    def _accept(self, record: AcceptedStep, jump: float | None) -> None:
+        """Events, then the observers, then the state and k1 the next step starts from."""
+        events, stepper = self.events, self.stepper
+        fired = events is not None and events.locate(record)
+        at_end = record.on_stop and record.t_new == self.t1
+        needs_k1 = stepper.uses_k1 and not (at_end or jump is not None or fired)
+        if needs_k1:
+            record.end_derivative()  # the next step's k1, which dense output reuses
+        for o in self.watching:
+            code = o.accepted(record)
+            if code is not None:
+                self.retcode = code
+        self.field.landing_on(None, self.dtype)
+        if self.retcode is not ReturnCode.Success:
+            return
+        self.stop_i += record.on_stop
+        self.t, self.y = record.t_new, record.state1
+        if fired:
+            y, terminated = events.fire(record, self.f)
+            if terminated:
+                self.y, self.retcode = y, ReturnCode.Terminated
+                return
+            self.k1 = self.f(self.t, y)
+            self.y = stepper.init(self.t, y, self.k1)
+        elif jump is not None:
+            self.k1 = self.f(_nudge(self.t, self.t + self.direction, self.dtype), self.y) if stepper.uses_k1 else None
+        else:
+            self.k1 = record.end_derivative() if needs_k1 else None
+
+    def solution(self, throw: bool) -> Solution:
+        ts, ys, retcode, t = self.saver.result(self.retcode, self.t, self.y, self.y0)
+        sol = Solution(
+            t=ts,
+            y=self.layout.unflatten_batch(ys),
+            stats=self.stats,
+            retcode=retcode,
+            prob=self.prob,
+            solver=self.solver,
+            dense=self.saver.dense,
+            dt_next=self.h_abs,
+        )
+        if self.events is not None:
+            events = self.events
+            sol.event_time, sol.event_index, sol.event_log = events.terminal_time, events.terminal_index, events.log
+        if self.regularizer is not None:
+            sol.error_estimate, sol.stiffness_estimate = self.regularizer.results(self.y0)
+        if throw and not retcode.successful:
+            raise SolveError(retcode, t, sol)
+        return sol
+
 
 def integrate(
-    prob: ODEProblem, solver: AbstractSolver, opts: SolveOptions, throw: bool = True, on_step: StepHook | None = None
+    prob: ODEProblem,
+    solver: AbstractSolver,
+    opts: SolveOptions,
+    throw: bool = True,
+    on_step: StepHook | None = None,
+    observers: Sequence[Observer] = (),
+    alive: torch.Tensor | None = None,
+    stop_at_any_event: bool = False,
 ) -> Solution:
     """Run the forward loop; autograd records it unless the caller disabled grad.
 
     `on_step(t, h, s_n, s_n+1, r)` is called after every accepted step with the stepper's state
-    before and after it (the flat user state for Runge–Kutta methods) and the step's dense
-    coefficients r (see `interpolation.py`; None for steppers without an interpolant): the step
-    record that the quadrature and reversible adjoints read. The regularizers read the same
-    record inside the loop.
+    before and after it and the step's dense coefficients r (None without an interpolant): the
+    record the quadrature and reversible adjoints read. `observers` receive every step (see
+    `Observer`). `alive` and `stop_at_any_event` serve the adjoints' event driver: batch
+    elements already stopped by an event, and stopping at the first crossing of any event.
     """
-    layout = StateLayout(prob.y0)
-    y0 = layout.flatten(prob.y0)
-    dtype, device = y0.dtype, y0.device
-    t0, t1 = time_span(prob)
-    direction = 1.0 if t1 >= t0 else -1.0
-    stats = Stats()
-    user_f = prob.f
-
-    def f(t: float, y: torch.Tensor) -> torch.Tensor:
-        stats.nfe += 1
-        return layout.call(user_f, t, y)
-
-    def f_at(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # for save times that require grad
-        stats.nfe += 1
-        return layout.call_at(user_f, t, y)
-
-    norm = layout.flat_norm(opts.internalnorm)
-    stepper = solver.stepper(f, dtype, device)
-    controller = opts.controller
-    control = controller.init(solver.error_order) if opts.adaptive else None
-
-    k1 = f(t0, y0)
-    output = stepper.output
-
-    out_t: list[float] = []
-    out_y: list[torch.Tensor] = []
-    saves = opts.saveat
-    save_i = 0
-    if saves is None:
-        out_t.append(t0)
-        out_y.append(y0.unsqueeze(0))
-    else:
-        while save_i < len(saves) and saves[save_i] == t0:
-            out_t.append(t0)
-            if opts.saveat_tensor is not None:
-                # The value is y0; its derivatives with respect to its save time are the flow's.
-                out_y.append(flow_shift(f_at, t0, y0, opts.saveat_tensor[save_i] - t0, k=k1).unsqueeze(0))
-            else:
-                out_y.append(y0.unsqueeze(0))
-            save_i += 1
-    dense = DenseOutput(t0, t1, y0, layout.unflatten_batch, layout.unflatten, opts.time_dtype) if opts.dense else None
-
-    stops = [s for s in opts.tstops if direction * (s - t0) > 0 and s != t1] + [t1]
-    stop_i = 0
-    retcode = ReturnCode.Success
-    t, y = t0, stepper.init(t0, y0, k1)
-
-    if t0 == t1:
-        h_abs = 0.0
-    elif opts.adaptive and opts.dt is None:
-        h_abs = initial_step(f, t0, y0, k1, direction, solver.order, opts.rtol, opts.atol, norm)
-        if not math.isfinite(h_abs):
-            retcode = ReturnCode.Unstable
-        h_abs = min(h_abs, opts.dtmax)
-    else:
-        h_abs = min(opts.dt, opts.dtmax)
-    grad_enabled = torch.is_grad_enabled()
-    regularizer = Accumulator(opts.regularize, solver) if opts.regularize is not None else None
-    # The regularizers differentiate the error estimate; otherwise it stays off the graph.
-    ratio_on_graph = regularizer is not None and opts.regularize.error is not None
-    if not stepper.uses_k1:
-        k1 = None
-
-    while retcode is ReturnCode.Success and direction * (t1 - t) > 0:
-        if stats.naccept + stats.nreject >= opts.max_steps:
-            retcode = ReturnCode.MaxIters
-            break
-        stop = stops[stop_i]
-        remaining = direction * (stop - t)
-        # Stretch a step by up to 1% to land on a stop rather than leave a sliver (Hairer's
-        # DOPRI5); a fixed step lands when it is within rounding of the stop.
-        reach = min(1.01 * h_abs, opts.dtmax) if opts.adaptive else h_abs + 64 * EPS * max(abs(t), abs(stop))
-        if reach >= remaining:
-            h, t_new, on_stop = direction * remaining, stop, True
-        else:
-            h, t_new, on_stop = direction * h_abs, t + direction * h_abs, False
-        if t_new == t:
-            retcode = ReturnCode.DtLessThanMin
-            break
-
-        step = stepper.step(t, y, h, k1)
-
-        ratio_tensor = stepper.error_ratio(step, opts.rtol, opts.atol, norm) if ratio_on_graph else None
-        if opts.adaptive:
-            if ratio_tensor is not None:
-                ratio = ratio_tensor.item()
-            elif grad_enabled:
-                # The controller is not differentiated: keep the error estimate off the graph.
-                with torch.no_grad():
-                    ratio = stepper.error_ratio(step, opts.rtol, opts.atol, norm).item()
-            else:
-                ratio = stepper.error_ratio(step, opts.rtol, opts.atol, norm).item()
-            accepted, h_next, control = controller.adapt(ratio, abs(h), control)
-            if not accepted:
-                stats.nreject += 1
-                h_abs = h_next
-                if not h_abs >= opts.dtmin:  # also NaN
-                    retcode = ReturnCode.DtLessThanMin if math.isfinite(ratio) else ReturnCode.Unstable
-                continue
-            h_abs = min(h_next, opts.dtmax)
-        if regularizer is not None:
-            regularizer.accept(step, ratio_tensor)
-        stats.naccept += 1
-
-        y_new = step.y1
-        if on_stop:
-            stop_i += 1
-        at_end = on_stop and t_new == t1
-        next_k1 = step.next_k1
-        if next_k1 is None and not at_end and stepper.uses_k1:
-            next_k1 = f(t_new, y_new)
-
-        # Save points inside this step, and dense output.
-        j0 = save_i
-        if saves is not None:
-            while save_i < len(saves) and direction * (saves[save_i] - t_new) <= 0:
-                save_i += 1
-        interior = (
-            saves is not None
-            and save_i > j0
-            and not (save_i - j0 == 1 and saves[j0] == t_new and opts.saveat_tensor is None)
-        )
-        r = None
-        if stepper.interpolates and (interior or dense is not None or on_step is not None):
-            f1 = next_k1
-            if f1 is None and stepper.dense_needs_f1:
-                f1 = f(t_new, y_new)
-            r = stepper.dense(step, f1)
-            if dense is not None:
-                dense.append(t, h, y, r)
-        if on_step is not None:
-            on_step(t, h, y, y_new, r)
-        if saves is None:
-            out_t.append(t_new)
-            out_y.append(output(y_new).unsqueeze(0))
-        elif save_i > j0:
-            saved_before = len(out_y)
-            out_t.extend(saves[j0:save_i])
-            if not stepper.interpolates:
-                # Such steppers land on every save point: exactly one, at the step's end.
-                assert save_i - j0 == 1 and saves[j0] == t_new, "save points are steps' ends"
-                y_save = output(y_new)
-                if opts.saveat_tensor is not None and grad_enabled:
-                    # The value is y(t_k); its derivatives with respect to its save time are the flow's.
-                    y_save = flow_shift(f_at, t_new, y_save, opts.saveat_tensor[j0] - t_new)
-                out_y.append(y_save.unsqueeze(0))
-            elif opts.saveat_tensor is not None:
-                theta = ((opts.saveat_tensor[j0:save_i] - t) / h).to(dtype)
-                out_y.append(interpolation.evaluate(y, r, theta))
-            else:
-                ends_here = saves[save_i - 1] == t_new
-                inside = saves[j0 : save_i - 1] if ends_here else saves[j0:save_i]
-                if inside:
-                    out_y.append(interpolation.evaluate_at(y, r, [(s - t) / h for s in inside]))
-                if ends_here:
-                    out_y.append(output(y_new).unsqueeze(0))
-            if not opts.adaptive and not bool(torch.isfinite(out_y[-1]).all()):
-                # Fixed steps have no error test to catch a blow-up, so save points are checked.
-                retcode = ReturnCode.Unstable
-                del out_t[j0 - save_i :]
-                del out_y[saved_before:]
-                break
-        t, y, k1 = t_new, y_new, next_k1
-
-    if retcode is ReturnCode.Success and saves is not None:
-        assert save_i == len(saves), "every save point inside the span is reached"
-
-    if out_y:
-        ys = torch.cat(out_y)
-    else:
-        ys = y0.unsqueeze(0)[:0]  # still on the graph of y0, so backward gives zeros
-    if retcode is not ReturnCode.Unstable:
-        # A state that overflowed without failing an error test (fixed steps, or an estimate
-        # that stayed finite) is caught here, whatever else ended the solve: one check, one
-        # sync, for the whole solve.
-        finite = torch.isfinite(ys).all(dim=1)
-        if not bool(finite.all() & torch.isfinite(y).all()):
-            retcode = ReturnCode.Unstable
-            kept = int(finite.long().cumprod(0).sum())  # the save points before the first bad one
-            ys, out_t = ys[:kept], out_t[:kept]
-            t = out_t[-1] if out_t else t0
-            if dense is not None:
-                dense.truncate(t)
-    if opts.saveat_tensor is not None:
-        ts = opts.saveat_tensor[: len(out_t)]
-    else:
-        ts = torch.tensor(out_t, dtype=opts.time_dtype, device=device)
-    sol = Solution(
-        t=ts,
-        y=layout.unflatten_batch(ys),
-        stats=stats,
-        retcode=retcode,
-        prob=prob,
-        solver=solver,
-        dense=dense,
-        dt_next=h_abs,
-    )
-    if regularizer is not None:
-        sol.error_estimate, sol.stiffness_estimate = regularizer.results(y0)
-    if throw and not retcode.successful:
-        raise SolveError(retcode, t, sol)
-    return sol
+    loop = _Loop(prob, solver, opts, on_step, observers, alive, stop_at_any_event)
+    loop.run()
+    return loop.solution(throw)

@@ -16,6 +16,9 @@ from ..regularizers import check as check_regularization
 from ..solvers.base import AbstractSolver
 from ..solvers.reversible import AbstractReversibleSolver
 from ..step_control import AbstractController, PIController
+from .events import check_events
+from .progress import check_progress
+from .record import Observer
 from .state import StateLayout
 
 EPS = 2.220446049250313e-16  # float64 machine epsilon: host-side time arithmetic is float64
@@ -43,6 +46,10 @@ class SolveOptions:
     dense: bool
     time_dtype: torch.dtype
     regularize: Regularization | None = None
+    events: tuple = ()  # of integrate.events.Event
+    observers: tuple = ()  # of integrate.record.Observer
+    progress: bool = False
+    discontinuities: frozenset[float] = frozenset()  # tstops where f jumps: torchdiffeq's perturb there
 
 
 def _times(
@@ -151,6 +158,10 @@ def make_options(
     dense: bool | None = None,
     time_dtype: torch.dtype | None = None,
     regularize: bool | Regularization = False,
+    events: Any = None,
+    observers: Any = (),
+    progress: bool = False,
+    d_discontinuities: Any = None,
 ) -> SolveOptions:
     """Validate `solve`'s keywords against the problem and the solver."""
     if not isinstance(prob, ODEProblem):
@@ -216,6 +227,39 @@ def make_options(
             t1,
         )[0]
     )
+    jumps = (
+        ()
+        if d_discontinuities is None
+        else _times(
+            sorted(
+                set(
+                    float(s)
+                    for s in (
+                        d_discontinuities.tolist() if isinstance(d_discontinuities, torch.Tensor) else d_discontinuities
+                    )
+                ),
+                reverse=t1 < t0,
+            ),
+            "d_discontinuities",
+            t0,
+            t1,
+        )[0]
+    )
+    if jumps:
+        stops = tuple(sorted(set(stops) | set(jumps), reverse=t1 < t0))
+    events = check_events(events)
+    if (
+        isinstance(observers, Observer)
+        or not isinstance(observers, (list, tuple))
+        or not all(isinstance(o, Observer) for o in observers)
+    ):
+        raise TypeError(f"observers must be a list of pyode.Observer instances; got {observers!r}")
+    check_progress(progress)
+    if events and isinstance(solver, AbstractReversibleSolver):
+        raise ValueError(
+            f"events are located on dense output, which {solver!r} does not have; use a Runge–Kutta solver such "
+            "as Tsit5() with events"
+        )
     if isinstance(solver, AbstractReversibleSolver):
         # No dense interpolant: the steps land on the save points instead.
         if dense:
@@ -255,4 +299,8 @@ def make_options(
         dense=bool(dense),
         time_dtype=time_dtype,
         regularize=regularize,
+        events=events,
+        observers=tuple(observers),
+        progress=progress,
+        discontinuities=frozenset(jumps),
     )

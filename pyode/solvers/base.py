@@ -1,8 +1,14 @@
-"""The abstract solver: what the integration loop needs from any time-stepping method."""
+"""The abstract solver: what the integration loop needs from any time-stepping method.
+
+A stepper returns a typed `StepResult`; its capabilities are its base classes:
+`DenseStepper` has a dense interpolant, `solvers.reversible.AbstractReversibleStepper` an exact
+inverse, and an `AbstractSolver` with an `error_order` an error estimate (`solver.adaptive`).
+"""
 
 from __future__ import annotations
 
 import abc
+import enum
 from typing import Callable, ClassVar, NamedTuple
 
 import torch
@@ -10,20 +16,37 @@ import torch
 VectorField = Callable[[float, torch.Tensor], torch.Tensor]  # f(t, y) on flat states
 
 
-class Step(NamedTuple):
+class StepStatus(enum.Enum):
+    """Whether a step produced a state the controller may judge.
+
+    `FAILED` is a step that failed for a reason of its own (an implicit method's Newton iteration
+    that did not converge): the loop rejects it and retries with a smaller step, without reading
+    an error estimate.
+    """
+
+    SUCCESS = "success"
+    FAILED = "failed"
+
+
+class StepResult(NamedTuple):
     """One attempted step, as the stepper computed it.
 
-    `stages` holds whatever the method evaluated (for Runge–Kutta methods the (s, n) matrix of
-    stage derivatives k_j); dense output, the error estimate and FSAL read it from here.
+    Every field has one meaning: `stages` is the (s, n) matrix of a Runge–Kutta method's stage
+    derivatives k_j (dense output, the error estimate, FSAL and the stiffness regularizer read
+    it), `error` a local error estimate of methods that compute it directly, and `inner` the
+    step of the method a wrapper (such as `Reversible(base)`) delegates to.
     """
 
     t: float
     h: float
-    y0: torch.Tensor  # (n,)
-    y1: torch.Tensor  # (n,)
-    stages: torch.Tensor
-    next_k1: torch.Tensor | None  # f(t + h, y1) when the method computed it already (FSAL)
-    stage_inputs: tuple | None = None  # the inputs Y of the last two stages (Runge–Kutta)
+    y0: torch.Tensor  # the stepper's state before the step
+    y1: torch.Tensor  # and after it
+    stages: torch.Tensor | None = None
+    next_k1: torch.Tensor | None = None  # f(t + h, y1) when the method computed it already (FSAL)
+    stage_inputs: tuple[torch.Tensor, torch.Tensor] | None = None  # inputs of the last two stages
+    error: torch.Tensor | None = None
+    inner: StepResult | None = None
+    status: StepStatus = StepStatus.SUCCESS
 
 
 class AbstractStepper(abc.ABC):
@@ -37,8 +60,6 @@ class AbstractStepper(abc.ABC):
     # Whether `step` reads k1 = f(t, y) of the loop's state (which the loop then evaluates or
     # reuses through FSAL); a method that evaluates f itself sets False.
     uses_k1: bool = True
-    # Whether `dense` exists; without it the loop lands on every save point instead.
-    interpolates: bool = True
 
     def init(self, t0: float, y0: torch.Tensor, f0: torch.Tensor) -> torch.Tensor:
         """The stepper's state at t0."""
@@ -49,15 +70,20 @@ class AbstractStepper(abc.ABC):
         return state
 
     @abc.abstractmethod
-    def step(self, t: float, y: torch.Tensor, h: float, k1: torch.Tensor) -> Step:
-        """Advance from (t, y) by h, given k1 = f(t, y)."""
+    def step(self, t: float, y: torch.Tensor, h: float, k1: torch.Tensor | None) -> StepResult:
+        """Advance from (t, y) by h, given k1 = f(t, y) (None when `uses_k1` is False)."""
 
     @abc.abstractmethod
-    def error_ratio(self, step: Step, rtol: float, atol: float, norm: Callable) -> torch.Tensor:
+    def error_ratio(self, step: StepResult, rtol: float, atol: float, norm: Callable) -> torch.Tensor:
         """The scaled local error the controller compares with 1 (a 0-d tensor)."""
 
+
+class DenseStepper(AbstractStepper):
+    """A stepper with a dense interpolant over each step; without one, the loop lands on every
+    save point and event location is not available."""
+
     @abc.abstractmethod
-    def dense(self, step: Step, f1: torch.Tensor) -> torch.Tensor:
+    def dense(self, step: StepResult, f1: torch.Tensor | None) -> torch.Tensor:
         """Coefficients r (P, n) with y(t + θh) = y0 + Σ_p θ^p r_p (see `interpolation.py`)."""
 
     @property
@@ -76,6 +102,7 @@ class AbstractSolver(abc.ABC):
 
     @property
     def adaptive(self) -> bool:
+        """Whether the method has an error estimate to step adaptively with."""
         return self.error_order is not None
 
     @abc.abstractmethod

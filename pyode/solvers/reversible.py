@@ -13,24 +13,16 @@ from typing import Callable
 
 import torch
 
-from .base import AbstractSolver, AbstractStepper, Step, VectorField
+from .base import AbstractSolver, AbstractStepper, StepResult, VectorField
 from .runge_kutta import AbstractExplicitRK
 
 
 class AbstractReversibleStepper(AbstractStepper):
     uses_k1 = False
-    interpolates = False
 
     @abc.abstractmethod
     def inverse(self, t: float, h: float, state: torch.Tensor) -> torch.Tensor:
         """The state at t from the state at t + h: the exact algebraic inverse of `step`."""
-
-    def dense(self, step: Step, f1: torch.Tensor) -> torch.Tensor:
-        raise AssertionError("the loop lands on save points for steppers that do not interpolate")
-
-    @property
-    def dense_needs_f1(self) -> bool:
-        return False
 
 
 class AbstractReversibleSolver(AbstractSolver):
@@ -108,17 +100,17 @@ class _ReversibleStepper(AbstractReversibleStepper):
     def output(self, state: torch.Tensor) -> torch.Tensor:
         return state[: state.shape[0] // 2]
 
-    def _increment(self, t: float, x: torch.Tensor, h: float) -> tuple[torch.Tensor, Step]:
+    def _increment(self, t: float, x: torch.Tensor, h: float) -> tuple[torch.Tensor, StepResult]:
         step = self.base.step(t, x, h, self.f(t, x))
         return step.y1 - x, step
 
-    def step(self, t: float, state: torch.Tensor, h: float, k1: torch.Tensor | None = None) -> Step:
+    def step(self, t: float, state: torch.Tensor, h: float, k1: torch.Tensor | None = None) -> StepResult:
         Y, Z = state.chunk(2)
         psi_z, forward = self._increment(t, Z, h)
         Y1 = torch.add(psi_z, Y, alpha=self.lam).add_(Z, alpha=1 - self.lam) if self.lam != 1 else Y + psi_z
         psi_back, _ = self._increment(t + h, Y1, -h)
         Z1 = Z - psi_back
-        return Step(t, h, state, torch.cat((Y1, Z1)), forward, None)
+        return StepResult(t, h, state, torch.cat((Y1, Z1)), inner=forward)
 
     def inverse(self, t: float, h: float, state: torch.Tensor) -> torch.Tensor:
         Y1, Z1 = state.chunk(2)
@@ -128,8 +120,8 @@ class _ReversibleStepper(AbstractReversibleStepper):
         Y = (Y1 - (1 - self.lam) * Z - psi_z) / self.lam
         return torch.cat((Y, Z))
 
-    def error_ratio(self, step: Step, rtol: float, atol: float, norm: Callable) -> torch.Tensor:
-        return self.base.error_ratio(step.stages, rtol, atol, norm)
+    def error_ratio(self, step: StepResult, rtol: float, atol: float, norm: Callable) -> torch.Tensor:
+        return self.base.error_ratio(step.inner, rtol, atol, norm)
 
 
 @dataclass(frozen=True)
@@ -162,12 +154,12 @@ class _ReversibleHeunStepper(AbstractReversibleStepper):
     def output(self, state: torch.Tensor) -> torch.Tensor:
         return state[: state.shape[0] // 3]
 
-    def step(self, t: float, state: torch.Tensor, h: float, k1: torch.Tensor | None = None) -> Step:
+    def step(self, t: float, state: torch.Tensor, h: float, k1: torch.Tensor | None = None) -> StepResult:
         y, z, fz = state.chunk(3)
         z1 = torch.add(2 * y - z, fz, alpha=h)
         fz1 = self.f(t + h, z1)
         y1 = torch.add(y, fz + fz1, alpha=h / 2)
-        return Step(t, h, state, torch.cat((y1, z1, fz1)), (fz1 - fz) * (h / 2), None)
+        return StepResult(t, h, state, torch.cat((y1, z1, fz1)), error=(fz1 - fz) * (h / 2))
 
     def inverse(self, t: float, h: float, state: torch.Tensor) -> torch.Tensor:
         y1, z1, fz1 = state.chunk(3)
@@ -176,8 +168,8 @@ class _ReversibleHeunStepper(AbstractReversibleStepper):
         y = torch.add(y1, fz + fz1, alpha=-h / 2)
         return torch.cat((y, z, fz))
 
-    def error_ratio(self, step: Step, rtol: float, atol: float, norm: Callable) -> torch.Tensor:
-        return _error_ratio(step.stages, self.output(step.y0), self.output(step.y1), rtol, atol, norm)
+    def error_ratio(self, step: StepResult, rtol: float, atol: float, norm: Callable) -> torch.Tensor:
+        return _error_ratio(step.error, self.output(step.y0), self.output(step.y1), rtol, atol, norm)
 
 
 @dataclass(frozen=True)
@@ -209,13 +201,13 @@ class _AsyncLeapfrogStepper(AbstractReversibleStepper):
     def output(self, state: torch.Tensor) -> torch.Tensor:
         return state[: state.shape[0] // 2]
 
-    def step(self, t: float, state: torch.Tensor, h: float, k1: torch.Tensor | None = None) -> Step:
+    def step(self, t: float, state: torch.Tensor, h: float, k1: torch.Tensor | None = None) -> StepResult:
         z, v = state.chunk(2)
         z_half = torch.add(z, v, alpha=h / 2)
         v_half = self.f(t + h / 2, z_half)
         v1 = 2 * v_half - v
         z1 = torch.add(z_half, v1, alpha=h / 2)
-        return Step(t, h, state, torch.cat((z1, v1)), (v_half - v) * h, None)
+        return StepResult(t, h, state, torch.cat((z1, v1)), error=(v_half - v) * h)
 
     def inverse(self, t: float, h: float, state: torch.Tensor) -> torch.Tensor:
         z1, v1 = state.chunk(2)
@@ -225,5 +217,5 @@ class _AsyncLeapfrogStepper(AbstractReversibleStepper):
         z = torch.add(z_half, v, alpha=-h / 2)
         return torch.cat((z, v))
 
-    def error_ratio(self, step: Step, rtol: float, atol: float, norm: Callable) -> torch.Tensor:
-        return _error_ratio(step.stages, self.output(step.y0), self.output(step.y1), rtol, atol, norm)
+    def error_ratio(self, step: StepResult, rtol: float, atol: float, norm: Callable) -> torch.Tensor:
+        return _error_ratio(step.error, self.output(step.y0), self.output(step.y1), rtol, atol, norm)

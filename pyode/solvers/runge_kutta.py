@@ -8,7 +8,7 @@ import torch
 
 from .. import interpolation
 from ..interpolation import PolynomialInterpolant
-from .base import AbstractSolver, AbstractStepper, Step, VectorField
+from .base import AbstractSolver, DenseStepper, StepResult, VectorField
 from .tableau import ButcherTableau
 
 
@@ -36,7 +36,7 @@ class AbstractExplicitRK(AbstractSolver):
         return norm
 
 
-class RKStepper(AbstractStepper):
+class RKStepper(DenseStepper):
     def __init__(self, solver: AbstractExplicitRK, f: VectorField, dtype: torch.dtype, device: torch.device):
         self.solver = solver
         self.f = f
@@ -46,7 +46,7 @@ class RKStepper(AbstractStepper):
         self.interpolant_weights = solver.interpolant.cast(dtype, device) if solver.interpolant is not None else None
         self.dense_stages = tuple((c, torch.tensor(row, dtype=dtype).to(device)) for c, row in solver.dense_stages)
 
-    def step(self, t: float, y: torch.Tensor, h: float, k1: torch.Tensor) -> Step:
+    def step(self, t: float, y: torch.Tensor, h: float, k1: torch.Tensor | None) -> StepResult:
         tab = self.tableau
         f = self.f
         # Zeros, not empty: row i of `a` is padded with zeros over the stages not yet computed,
@@ -60,11 +60,11 @@ class RKStepper(AbstractStepper):
             yi = torch.addmv(y, stages_t, tab.a_rows[i], alpha=h)
             stages[i] = f(t + tab.c[i] * h, yi)
         if self.fsal:
-            return Step(t, h, y, yi, stages, stages[-1], (y_prev, yi))
+            return StepResult(t, h, y, yi, stages=stages, next_k1=stages[-1], stage_inputs=(y_prev, yi))
         y1 = torch.addmv(y, stages_t, tab.b, alpha=h)
-        return Step(t, h, y, y1, stages, None, (y_prev, yi))
+        return StepResult(t, h, y, y1, stages=stages, stage_inputs=(y_prev, yi))
 
-    def error_ratio(self, step: Step, rtol: float, atol: float, norm: Callable) -> torch.Tensor:
+    def error_ratio(self, step: StepResult, rtol: float, atol: float, norm: Callable) -> torch.Tensor:
         # err_j = h Σ_i e_ij k_i for each estimate j; h is pulled out of the norm (norms are
         # homogeneous), which saves an operation on the whole state.
         scale = torch.maximum(step.y0.abs(), step.y1.abs()).mul_(rtol).add_(atol)
@@ -79,7 +79,7 @@ class RKStepper(AbstractStepper):
     def dense_needs_f1(self) -> bool:
         return self.interpolant_weights is None or bool(self.dense_stages)
 
-    def dense(self, step: Step, f1: torch.Tensor | None) -> torch.Tensor:
+    def dense(self, step: StepResult, f1: torch.Tensor | None) -> torch.Tensor:
         if self.interpolant_weights is None:
             return interpolation.hermite_coefficients(step.y0, step.y1, step.stages[0], f1, step.h)
         stages = step.stages

@@ -1,8 +1,8 @@
 """The Julia engine's Julia code, checked without Julia: syntax, every package name it uses,
 its juliapkg.json, and agreement with the Python side on names, keywords and version.
 
-No Julia runtime can be installed where pyode is developed (see JULIA-NOTES), so these
-checks turn what was read from the packages' source into regressions. The runtime tests are
+No Julia runtime can be installed where pyode is developed, so these checks turn what was
+read from the packages' source (at the versions named below) into regressions. The runtime tests are
 in tests_julia/.
 """
 
@@ -28,9 +28,10 @@ ROOT = Path(__file__).resolve().parents[2]
 JULIA_FILES = sorted((ROOT / "julia").rglob("*.jl"))
 PYODE_JL = ROOT / "julia" / "PyODE.jl"
 
-# Every name PyODE.jl may take from a package, with where it was read (JULIA-NOTES gives the
-# commits: SciMLSensitivity 7.112.3, OrdinaryDiffEq monorepo at OrdinaryDiffEqCore 4.15.0,
-# SciMLBase 3.49.2, Lux 1.31.4, ComponentArrays 0.15.45, ChainRulesCore 1.26).
+# Every name PyODE.jl may take from a package, with where it was read (file:line in each
+# package's source at these releases: SciMLSensitivity 7.112.3, OrdinaryDiffEq monorepo at
+# OrdinaryDiffEqCore 4.15.0, SciMLBase 3.49.2, Lux 1.31.4, ComponentArrays 0.15.45,
+# ChainRulesCore 1.26).
 ALLOWED: dict[str, set[str]] = {
     # ignore_derivatives(f) and the AbstractZero tangent type: ChainRulesCore's public API.
     "ChainRulesCore": {"ChainRulesCore", "ignore_derivatives", "AbstractZero"},
@@ -76,7 +77,7 @@ ALLOWED: dict[str, set[str]] = {
 }
 STDLIB_FOR_TESTS = {"Test", "LinearAlgebra"}
 
-# uuids read from each package's Project.toml (JULIA-NOTES §2.1, and re-read for this test).
+# uuids read from each package's Project.toml (the `uuid` field at the releases named above).
 UUIDS = {
     "ChainRulesCore": "d360d2e6-b24c-11e9-a2a3-2a2ae2dbcce4",
     "ComponentArrays": "b0b7db55-cfe3-40fc-9ded-d10e2dbeff66",
