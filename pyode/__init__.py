@@ -11,6 +11,7 @@ from . import julia as julia
 from . import nn as nn
 from .compat import odeint as odeint
 from .compat import odeint_adjoint as odeint_adjoint
+from .compat import odeint_event as odeint_event
 from .integrate import AcceptedStep as AcceptedStep
 from .integrate import Event as Event
 from .integrate import Observer as Observer

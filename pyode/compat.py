@@ -32,9 +32,9 @@ from typing import Any, Callable
 
 import torch
 
-from .integrate import StateLayout
+from .integrate import AcceptedStep, Event, Observer, StateLayout
 from .norms import mixed_norm
-from .problem import ODEProblem, State
+from .problem import ODEProblem, SolveError, State
 from .sensitivity import BacksolveAdjoint
 from .solve import solve
 from .solvers import BS3, DP5, DP8, RK4, Euler, Heun, Midpoint, Tsit5
@@ -67,10 +67,11 @@ _ADAPTIVE_OPTIONS = {
     "ifactor",
     "dfactor",
     "step_t",
+    "jump_t",
     "min_step",
     "max_step",
 }
-_FIXED_OPTIONS = {"step_size", "grid_constructor", "norm", "dtype", "interp", "max_num_steps"}
+_FIXED_OPTIONS = {"step_size", "grid_constructor", "norm", "dtype", "interp", "max_num_steps", "perturb"}
 # torchdiffeq's scipy wrapper drops norm, grid_points and eps without a word; so does pyode.
 _SCIPY_OPTIONS = {"solver", "min_step", "max_step", "norm", "grid_points", "eps"}
 _DEFAULT_MAX_STEPS = 100_000  # solve's default
@@ -105,14 +106,17 @@ def odeint(
         (len(t), *y0.shape), or a tuple of such for tuple states. Gradients flow by autograd
         through the solver (pyode's `DirectAdjoint`); "scipy_solver" gives none.
     """
-    if event_fn is not None:
-        raise ValueError("odeint: event_fn is not supported by pyode yet")
     _check_t(t, "odeint")
     if method == SCIPY_METHOD:
+        if event_fn is not None:
+            raise ValueError("odeint: event_fn is not available with method='scipy_solver'")
         return _scipy_odeint(func, y0, t, rtol, atol, options, "odeint")
+    if event_fn is not None:
+        return _until_event(func, y0, t, rtol, atol, method, options, event_fn, None, None, "odeint")
     plan = _translate(func, y0, t, rtol, atol, method, options, "odeint")
     if t.numel() == 1:
         return _initial_only(y0)
+    plan.kwargs["observers"] = _callbacks(func, y0, "")
     return plan.output(solve(ODEProblem(func, y0, (t[0], t[-1])), plan.solver, **plan.kwargs).y)
 
 
@@ -148,8 +152,6 @@ def odeint_adjoint(
             `()`), tensors that func uses but that are not listed get no gradient, as in
             torchdiffeq; otherwise pyode refuses such closures by name.
     """
-    if event_fn is not None:
-        raise ValueError("odeint_adjoint: event_fn is not supported by pyode yet")
     for role, name in (("method", method), ("adjoint_method", adjoint_method)):
         if name == SCIPY_METHOD:
             raise ValueError(
@@ -193,10 +195,119 @@ def odeint_adjoint(
     if explicit_params:
         # torchdiffeq differentiates only the listed tensors and ignores the rest.
         sensealg = dataclasses.replace(sensealg, _check_closure=False)
+    if event_fn is not None:
+        params = tuple(adjoint_params)
+        return _until_event(func, y0, t, rtol, atol, method, options, event_fn, sensealg, params, "odeint_adjoint")
     if t.numel() == 1:
         return _initial_only(y0)
+    plan.kwargs["observers"] = _callbacks(func, y0, "")
     prob = ODEProblem(func, y0, (t[0], t[-1]), params=tuple(adjoint_params))
     return plan.output(solve(prob, plan.solver, sensealg=sensealg, **plan.kwargs).y)
+
+
+def odeint_event(
+    func: Callable[[torch.Tensor, State], State],
+    y0: State,
+    t0: torch.Tensor,
+    *,
+    event_fn: Callable[[torch.Tensor, State], torch.Tensor],
+    reverse_time: bool = False,
+    odeint_interface: Callable = odeint,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, State]:
+    """torchdiffeq's `odeint_event`: solve from t0 until `event_fn(t, y)` crosses zero.
+
+    Returns `(event_t, solution)` with `solution` the states at t0 and at the event, stacked
+    (a tuple of such for tuple states). Gradients reach the event time and the state there
+    through the implicit function theorem (pyode's events), with `odeint_interface=pyode.odeint`
+    (autograd through the solver) or `pyode.odeint_adjoint` (the continuous adjoint); t0 may
+    require grad. `reverse_time=True` integrates toward earlier times.
+    """
+    if not isinstance(t0, torch.Tensor):
+        t0 = torch.as_tensor(t0, dtype=torch.float64)
+    t0 = t0.reshape(-1)
+    t = torch.cat([t0, t0.detach() + (-1.0 if reverse_time else 1.0)])
+    return odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
+
+
+def _until_event(func, y0, t, rtol, atol, method, options, event_fn, sensealg, params, name):
+    """torchdiffeq's odeint with an event_fn: integrate from t[0] (in the direction of t[1]) until
+    event_fn changes sign; return (event_t, states at t[0] and at the event)."""
+    if not callable(event_fn):
+        raise TypeError(f"{name}: event_fn must be callable as event_fn(t, y); got {type(event_fn).__name__}")
+    if t.numel() < 2:
+        raise ValueError(f"{name}: with event_fn, t must hold t0 and a second time giving the direction")
+    t0 = t[0]
+    direction = 1.0 if float(t[1].detach()) > float(t0.detach()) else -1.0
+    # torchdiffeq integrates without end; pyode needs one: far enough never to be reached.
+    far = float(t0.detach()) + direction * 1e100
+    plan = _translate(func, y0, t.detach()[:2], rtol, atol, method, options, name)
+    kwargs = dict(plan.kwargs)
+    kwargs.pop("saveat", None)
+    kwargs["dense"] = False
+    kwargs["dtmin"] = 16 * 2.2e-16 * max(1.0, abs(float(t0)))
+    if not kwargs.get("adaptive", True):
+        kwargs.pop("tstops", None)
+        if options is None or options.get("step_size") is None:
+            raise ValueError(
+                f"{name}: event_fn with a fixed-grid method needs options=dict(step_size=...), as in torchdiffeq"
+            )
+    kwargs["max_steps"] = max(kwargs.get("max_steps", 0), 20_000 if not kwargs.get("adaptive", True) else 2**31 - 1)
+
+    def condition(tt, y):
+        out = event_fn(tt, y)
+        return out.reshape(()) if isinstance(out, torch.Tensor) and out.numel() == 1 else out
+
+    event = Event(condition, terminal=True, direction=0)
+    prob = ODEProblem(func, y0, (t0, far), params=params)
+    extra = {} if sensealg is None else {"sensealg": sensealg}
+    sol = solve(prob, plan.solver, events=event, observers=_callbacks(func, y0, ""), **extra, **kwargs)
+    if sol.event_time is None:
+        raise SolveError(sol.retcode, float(sol.t[-1]), sol)
+    states = sol.y
+    if isinstance(states, tuple):
+        solution = tuple(torch.stack((p[0], p[-1])) for p in states)
+    else:
+        solution = torch.stack((states[0], states[-1]))
+    return sol.event_time.to(t.dtype), solution
+
+
+class _Callbacks(Observer):
+    """torchdiffeq's callbacks on func: callback_step before each attempted step,
+    callback_accept_step / callback_reject_step after it, each as (t0, y0, dt)."""
+
+    def __init__(self, func: Any, y0: State, suffix: str):
+        self.layout = StateLayout(y0)
+        self.step = getattr(func, "callback_step" + suffix, None)
+        self.accept = getattr(func, "callback_accept_step" + suffix, None)
+        self.reject = getattr(func, "callback_reject_step" + suffix, None)
+        self.like = self.layout.flatten(y0)
+
+    def _args(self, t: float, y: torch.Tensor, h: float) -> tuple:
+        like = self.like
+        return (
+            torch.scalar_tensor(t, dtype=like.dtype, device=like.device),
+            self.layout.unflatten(y),
+            torch.scalar_tensor(abs(h), dtype=like.dtype, device=like.device),
+        )
+
+    def attempt(self, t: float, y: torch.Tensor, h: float) -> None:
+        if self.step is not None:
+            self.step(*self._args(t, y, h))
+
+    def accepted(self, step: AcceptedStep) -> None:
+        if self.accept is not None:
+            self.accept(*self._args(step.t, step.y0, step.h))
+        return None
+
+    def rejected(self, t: float, y: torch.Tensor, h: float, ratio: float) -> None:
+        if self.reject is not None:
+            self.reject(*self._args(t, y, h))
+
+
+def _callbacks(func: Any, y0: State, suffix: str) -> list[Observer]:
+    names = ("callback_step", "callback_accept_step", "callback_reject_step")
+    return [_Callbacks(func, y0, suffix)] if any(callable(getattr(func, n + suffix, None)) for n in names) else []
 
 
 def _torchdiffeq_adjoint_norm(norm: Callable, y0: State, params: tuple[torch.Tensor, ...]) -> Callable:
@@ -341,6 +452,16 @@ def _adaptive(t: torch.Tensor, kwargs: dict[str, Any], options: dict[str, Any], 
         kwargs["tstops"] = [
             float(s) for s in values if direction * (float(s) - t0) > 0 and direction * (t1 - float(s)) > 0
         ]
+    if options.get("jump_t") is not None:
+        # Discontinuities of func: steps land there, the stage at a jump sees the time just before
+        # it and the next step restarts with func just after it (torchdiffeq's perturb).
+        t0, t1 = float(t[0]), float(t[-1])
+        direction = 1.0 if t1 >= t0 else -1.0
+        values = options["jump_t"]
+        values = values.detach().reshape(-1).tolist() if isinstance(values, torch.Tensor) else list(values)
+        kwargs["d_discontinuities"] = [
+            float(s) for s in values if direction * (float(s) - t0) > 0 and direction * (t1 - float(s)) > 0
+        ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -396,6 +517,10 @@ def _fixed_grid(
     direction = 1.0 if times[-1] > times[0] else -1.0
     # The steps land on every grid point: tstops at them, and a step no shorter than any gap.
     kwargs["tstops"] = times[1:-1]
+    if options.get("perturb"):
+        # Every grid point is a discontinuity: stages there see the time just before it, and each
+        # step starts with func just after it.
+        kwargs["d_discontinuities"] = times
     kwargs["dt"] = max(direction * (b - a) for a, b in itertools.pairwise(times))
     # torchdiffeq has no step limit on fixed grids.
     kwargs["max_steps"] = max(_DEFAULT_MAX_STEPS, len(times))

@@ -17,6 +17,7 @@ from .norms import Norm
 from .problem import ODEProblem, Solution
 from .regularizers import LocalRegularization, Regularization, local_estimates
 from .sensitivity import AbstractSensitivityAlgorithm, DirectAdjoint, ReversibleAdjoint
+from .sensitivity.events import solve_segments
 from .solvers.base import AbstractSolver
 from .solvers.reversible import AbstractReversibleSolver
 from .step_control import AbstractController
@@ -106,6 +107,11 @@ def solve(
     """
     if backend not in ("torch", "julia"):
         raise ValueError(f'backend must be "torch" or "julia"; got {backend!r}')
+    if backend == "julia":
+        asked = dict(events=events, d_discontinuities=d_discontinuities, observers=observers, progress=progress)
+        refused = sorted(k for k, v in asked.items() if v is not None and v is not False and v != ())
+        if refused:
+            raise ValueError(f'{", ".join(refused)}: not available with backend="julia" yet; use backend="torch"')
     local = None
     if isinstance(regularize, LocalRegularization):
         local, regularize = regularize, False
@@ -153,6 +159,8 @@ def solve(
             # What the user set explicitly: the Julia engine keeps SciML's defaults for the rest.
             given = dict(dtmin=dtmin, dtmax=dtmax, internalnorm=internalnorm, controller=controller, dense=dense)
             return solve_julia(prob, solver, options, sensealg, throw=throw, given=given, regularize=regularize)
+        if options.events and not isinstance(sensealg, DirectAdjoint):
+            return solve_segments(sensealg, prob, solver, options, throw)
         return sensealg.solve(prob, solver, options, throw=throw)
 
     with no_autocast(device):

@@ -146,7 +146,7 @@ def test_unknown_method_lists_ours():
     [
         ("dopri5", dict(step_size=0.1), "not supported for method 'dopri5'"),
         ("euler", dict(first_step=0.1), "not supported for method 'euler'"),
-        ("dopri5", dict(jump_t=[0.5]), "jump_t"),
+        ("dopri5", dict(event_times=[0.5]), "event_times"),
         ("euler", dict(interp="quadratic"), "interp"),
     ],
 )

@@ -238,7 +238,7 @@ def test_event_inputs_are_checked():
         pyode.Event(3.0)
     with pytest.raises(ValueError, match="pass terminal=False"):
         pyode.Event(lambda t, y: y[0], affect=lambda t, y: y)
-    with pytest.raises(TypeError, match="events must be a pyode.Event"):
+    with pytest.raises(TypeError, match=r"events must be a pyode\.Event"):
         pyode.solve(prob, pyode.Tsit5(), events=[lambda t, y: y[0]])
     with pytest.raises(ValueError, match="real scalar or a 1-D tensor"):
         pyode.solve(prob, pyode.Tsit5(), events=pyode.Event(lambda t, y: y.reshape(1, 2)))
@@ -248,3 +248,162 @@ def test_event_inputs_are_checked():
         pyode.solve(prob, pyode.Tsit5(), events=pyode.Event(lambda t, y: y, terminal=False))
     with pytest.raises(ValueError, match="leading"):
         pyode.solve(prob, pyode.Tsit5(), events=pyode.Event(lambda t, y: torch.cat((y, y))))
+
+
+# QuadratureAdjoint is left out: with many save points its parameter gradient is off by ~1e-5
+# relative on this problem even without events (a known limitation, checked separately below).
+ADJOINTS = [
+    pyode.BacksolveAdjoint(),
+    pyode.InterpolatingAdjoint(),
+    pyode.GaussAdjoint(),
+    pyode.BacksolveAdjoint(seminorm=True),
+]
+
+
+class Damped(torch.nn.Module):
+    """A damped oscillator with learnable stiffness and damping, as an nn.Module (adjoints find
+    its parameters)."""
+
+    def __init__(self):
+        super().__init__()
+        self.k = torch.nn.Parameter(torch.tensor(4.0, dtype=torch.float64))
+        self.c = torch.nn.Parameter(torch.tensor(0.3, dtype=torch.float64))
+
+    def forward(self, t, y):
+        return torch.stack((y[1], -self.k * y[0] - self.c * y[1]))
+
+
+def _loss_and_grads(sensealg, terminal: bool, saveat):
+    torch.manual_seed(0)
+    model = Damped()
+    y0 = torch.tensor([1.0, 0.5], dtype=torch.float64, requires_grad=True)
+    kick = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+    if terminal:
+        events = [pyode.Event(lambda t, y: y[0] + 0.5, direction=-1)]
+    else:
+        events = [pyode.Event(lambda t, y: y[0], terminal=False, affect=lambda t, y: torch.stack((y[0], kick * y[1])))]
+    sol = pyode.solve(
+        pyode.ODEProblem(model, y0, (0.0, 4.0)),
+        pyode.Tsit5(),
+        events=events,
+        saveat=saveat,
+        rtol=1e-10,
+        atol=1e-12,
+        sensealg=sensealg,
+    )
+    weights = torch.arange(1, sol.y.numel() + 1, dtype=torch.float64).reshape(sol.y.shape)
+    loss = (sol.y * weights).sum() / weights.sum() + sum(t for t, _ in sol.event_log)
+    params = [y0, model.k, model.c, kick]
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return loss.detach(), [torch.zeros(()) if g is None else g for g in grads], sol
+
+
+@pytest.mark.parametrize("sensealg", ADJOINTS, ids=repr)
+@pytest.mark.parametrize(
+    "terminal, saves",
+    # Saving every step after an affect is not comparable: each segment restarts its step control.
+    [(True, None), (True, "grid"), (False, "grid")],
+    ids=["terminal-every-step", "terminal-grid", "affect-grid"],
+)
+def test_adjoints_through_events_agree_with_direct(sensealg, terminal, saves):
+    saveat = torch.linspace(0, 4, 9, dtype=torch.float64) if saves else None
+    ref_loss, ref, ref_sol = _loss_and_grads(pyode.DirectAdjoint(), terminal, saveat)
+    loss, grads, sol = _loss_and_grads(sensealg, terminal, saveat)
+    assert len(sol.event_log) == len(ref_sol.event_log) >= 1
+    assert torch.allclose(sol.t, ref_sol.t, atol=1e-12)
+    # Both are accurate to the solve's tolerance (1e-10); the adjoints' backward solves add their
+    # own error of that order: agreement to 1e-7 is 1000x the tolerance.
+    assert float(loss) == pytest.approx(float(ref_loss), rel=1e-9)
+    for g, r in zip(grads, ref):
+        assert torch.allclose(g, r, rtol=1e-6, atol=1e-7), (g, r)
+
+
+def test_quadrature_adjoint_through_a_terminal_event():
+    saveat = torch.linspace(0, 4, 9, dtype=torch.float64)
+    _, ref, _ = _loss_and_grads(pyode.DirectAdjoint(), True, saveat)
+    _, grads, _ = _loss_and_grads(pyode.QuadratureAdjoint(), True, saveat)
+    for g, r in zip(grads, ref):
+        assert torch.allclose(g, r, rtol=1e-6, atol=1e-7), (g, r)
+
+
+def test_direct_gradients_through_events_match_finite_differences():
+    saveat = torch.linspace(0, 4, 9, dtype=torch.float64)
+    _, grads, _ = _loss_and_grads(pyode.DirectAdjoint(), False, saveat)
+
+    def loss_at(values):
+        model = Damped()
+        with torch.no_grad():
+            model.k.fill_(values[2])
+            model.c.fill_(values[3])
+        y0 = torch.tensor(values[:2], dtype=torch.float64)
+        kick = values[4]
+        events = [pyode.Event(lambda t, y: y[0], terminal=False, affect=lambda t, y: torch.stack((y[0], kick * y[1])))]
+        with torch.no_grad():
+            sol = pyode.solve(
+                pyode.ODEProblem(model, y0, (0.0, 4.0)),
+                pyode.Tsit5(),
+                events=events,
+                saveat=saveat,
+                rtol=1e-11,
+                atol=1e-13,
+            )
+        weights = torch.arange(1, sol.y.numel() + 1, dtype=torch.float64).reshape(sol.y.shape)
+        return float((sol.y * weights).sum() / weights.sum() + sum(t for t, _ in sol.event_log))
+
+    base = [1.0, 0.5, 4.0, 0.3, 0.9]
+    flat = [float(grads[0][0]), float(grads[0][1]), float(grads[1]), float(grads[2]), float(grads[3])]
+    for k in range(5):
+        eps = 1e-5
+        up, down = list(base), list(base)
+        up[k] += eps
+        down[k] -= eps
+        fd = (loss_at(up) - loss_at(down)) / (2 * eps)
+        # Central differences: truncation ~eps² = 1e-10, rounding ~1e-13/eps = 1e-8.
+        assert flat[k] == pytest.approx(fd, rel=1e-5, abs=1e-7)
+
+
+def test_batched_events_with_an_adjoint():
+    heights = torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64, requires_grad=True)
+    g = torch.nn.Parameter(torch.tensor(G, dtype=torch.float64))
+
+    class Fall(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.g = g
+
+        def forward(self, t, y):
+            return torch.stack((y[:, 1], -self.g + 0 * y[:, 0]), dim=1)
+
+    def run(sensealg):
+        y0 = torch.stack((heights, torch.zeros(3, dtype=torch.float64)), dim=1)
+        sol = pyode.solve(
+            pyode.ODEProblem(Fall(), y0, (0.0, 5.0)),
+            pyode.Tsit5(),
+            events=pyode.Event(lambda t, y: y[:, 0]),
+            rtol=1e-10,
+            sensealg=sensealg,
+        )
+        loss = sol.event_time.sum() + sol.y[-1][:, 1].sum()
+        return sol, torch.autograd.grad(loss, (heights, g))
+
+    ref_sol, ref = run(pyode.DirectAdjoint())
+    sol, grads = run(pyode.BacksolveAdjoint())
+    assert torch.allclose(sol.event_time, ref_sol.event_time, atol=1e-12)
+    for a, b in zip(grads, ref):
+        assert torch.allclose(a, b, rtol=1e-7)
+
+
+def test_two_crossings_inside_one_step_are_found():
+    # Thrown up at 5 m/s, the ball passes 1.2 m rising and falling; Tsit5 integrates the parabola
+    # exactly, so its steps are long enough to hold both crossings.
+    y0 = torch.tensor([0.0, 5.0], dtype=torch.float64)
+    sol = pyode.solve(
+        pyode.ODEProblem(ball(torch.tensor(G, dtype=torch.float64)), y0, (0.0, 3.0)),
+        pyode.Tsit5(),
+        events=pyode.Event(lambda t, y: y[0] - 1.2, terminal=False),
+        rtol=1e-10,
+        atol=1e-12,
+    )
+    root = math.sqrt(25 - 2 * G * 1.2)
+    expected = [(5 - root) / G, (5 + root) / G]
+    assert [t.item() for t, _ in sol.event_log] == pytest.approx(expected, abs=1e-12)

@@ -22,6 +22,8 @@ from .record import AcceptedStep
 from .state import StateLayout
 
 _MAX_ITERATIONS = 100
+# Where each step's conditions are sampled, as fractions of the step.
+_SAMPLES = tuple(k / 10 for k in range(11))
 
 
 @dataclass(frozen=True)
@@ -80,23 +82,28 @@ class EventHandler:
     """
 
     def __init__(
-        self,
-        events: tuple[Event, ...],
-        layout: StateLayout,
-        t0: float,
-        y0: torch.Tensor,
-        time_dtype: torch.dtype,
-        stop_at_any: bool = False,
-        alive: torch.Tensor | None = None,
+        self, events: tuple[Event, ...], layout: StateLayout, time_dtype: torch.dtype, stop_at_any: bool = False
     ):
         self.events, self.layout, self.time_dtype = events, layout, time_dtype
         self.stop_at_any = stop_at_any
         self.grad = torch.is_grad_enabled()
-        with torch.no_grad():
-            g0 = [self._g(e, t0, y0) for e in events]
-        self.batched = [g.dim() == 1 for g in g0]
+        self.prev: list[torch.Tensor] | None = None  # g at the current step's start (its sign)
         self.batch: int | None = None
-        for e, g, b in zip(events, g0, self.batched):
+        self.alive: torch.Tensor | None = None  # which batch elements still run
+        self.mask: torch.Tensor | None = None  # `alive` on the flat state: frozen elements' f is 0
+        self.fired: list[tuple[float, int, torch.Tensor | None]] = []  # (t*, event, elements) this step
+        self.log: list[tuple[torch.Tensor, int]] = []  # every firing: (event time, event index)
+        self.terminal_time: torch.Tensor | None = None
+        self.terminal_index: Any = None
+
+    def begin(self, t0: float, y0: torch.Tensor) -> None:
+        """Read the conditions at the start (once: a handler carried across solves keeps its state)."""
+        if self.prev is not None:
+            return
+        with torch.no_grad():
+            g0 = [self._g(e, t0, y0) for e in self.events]
+        self.batched = [g.dim() == 1 for g in g0]
+        for e, g, b in zip(self.events, g0, self.batched):
             if not b:
                 continue
             if not e.terminal:
@@ -109,27 +116,20 @@ class EventHandler:
                     f"Event: batched conditions return {self.batch} and {g.numel()} values; they must agree"
                 )
             self.batch = g.numel()
-        self.expand = self._expander() if self.batch is not None else None
-        # Which batch elements still run; frozen ones have f masked to 0.
-        self.alive = (
-            alive
-            if alive is not None
-            else (torch.ones(self.batch, dtype=torch.bool, device=layout.device) if self.batch is not None else None)
-        )
-        self.mask: torch.Tensor | None = None
-        self._update_mask()
-        self.prev = [g.reshape(-1).clone() for g in g0]  # g at the current step's start (its sign)
-        self.fired: list[tuple[float, int, torch.Tensor | None]] = []  # (t*, event, elements) this step
-        self.log: list[tuple[torch.Tensor, int]] = []  # every firing: (event time, event index)
-        self.terminal_time: torch.Tensor | None = None
-        self.terminal_index: Any = None
-        self.stopped = False
         if self.batch is not None:
-            self.batch_time = torch.full((self.batch,), math.nan, dtype=time_dtype, device=layout.device)
-            self.batch_index = torch.full((self.batch,), -1, dtype=torch.long, device=layout.device)
+            self.expand = self._expander()
+            device = self.layout.device
+            self.alive = torch.ones(self.batch, dtype=torch.bool, device=device)
+            self.batch_time = torch.full((self.batch,), math.nan, dtype=self.time_dtype, device=device)
+            self.batch_index = torch.full((self.batch,), -1, dtype=torch.long, device=device)
+        self.prev = [g.reshape(-1).clone() for g in g0]
+        self._zero_start = any(bool((p == 0).any()) for p in self.prev)
 
     def start(self, t0: float, y0: torch.Tensor, k1: torch.Tensor) -> None:
         """A condition that is exactly zero at t0 takes the sign it leaves zero with."""
+        if not self._zero_start:
+            return
+        self._zero_start = False
         with torch.no_grad():
             for i, e in enumerate(self.events):
                 if bool((self.prev[i] == 0).any()):
@@ -178,8 +178,6 @@ class EventHandler:
 
     def wrap(self, f: Callable[[float, torch.Tensor], torch.Tensor]) -> Callable[[float, torch.Tensor], torch.Tensor]:
         """f with frozen batch elements held still."""
-        if self.batch is None:
-            return f
 
         def masked(t: float, y: torch.Tensor) -> torch.Tensor:
             out = f(t, y)
@@ -214,19 +212,30 @@ class EventHandler:
         t, h, y = step.t, step.h, step.state0
         with torch.no_grad():
             ends = [self._g(e, step.t_new, step.state1).reshape(-1).detach() for e in self.events]
-            candidates = []
-            for i, (ga, gb) in enumerate(zip(self.prev, ends)):
-                cross = self._crossing(i, ga, gb)
-                if bool(cross.any()):
-                    candidates.append((i, cross, ga, gb))
-            if not candidates:
+            # The conditions at interior points too, so that a pair of crossings inside one step
+            # (a rise and fall through a level) is not missed: SciML's interp_points.
+            inner = interpolation.evaluate_at(y, r, list(_SAMPLES[1:-1]))
+            samples = [
+                torch.stack(
+                    [self.prev[i]]
+                    + [self._g(e, t + th * h, inner[k]).reshape(-1).detach() for k, th in enumerate(_SAMPLES[1:-1])]
+                    + [ends[i]]
+                )
+                for i, e in enumerate(self.events)
+            ]
+            roots = []  # (θ, event, element)
+            for i, g in enumerate(samples):
+                for k in range(len(_SAMPLES) - 1):
+                    cross = self._crossing(i, g[k], g[k + 1])
+                    for j in cross.nonzero().flatten().tolist():
+                        phi = self._phi(i, j, t, h, y, r)
+                        a, b = _SAMPLES[k], _SAMPLES[k + 1]
+                        roots.append((_illinois(phi, float(g[k, j]), float(g[k + 1, j]), a, b), i, j))
+                    if bool(cross.any()):
+                        break
+            if not roots:
                 self.prev = ends
                 return False
-            roots = []  # (θ, event, element or None)
-            for i, cross, ga, gb in candidates:
-                for j in cross.nonzero().flatten().tolist():
-                    phi = self._phi(i, j, t, h, y, r)
-                    roots.append((_illinois(phi, float(ga[j]), float(gb[j])), i, j))
         theta = min(root for root, _, _ in roots)
         tol = 4 * 2.2e-16 * max(1.0, abs(t) / abs(h) if h else 1.0)
         fired: dict[int, list[int]] = {}
@@ -236,7 +245,8 @@ class EventHandler:
         if theta < 1.0:
             step.truncate(theta, interpolation.evaluate_at(y, r, [theta])[0])
         self.fired = [(step.t_new, i, self._elements(i, js)) for i, js in sorted(fired.items())]
-        self._at_event(step)
+        if not self.stop_at_any:
+            step.state1 = self.attach(step.t_new, step.state1, _derivative(step))
         return True
 
     def _elements(self, i: int, js: list[int]) -> torch.Tensor | None:
@@ -257,13 +267,9 @@ class EventHandler:
 
     # -- what happens at an event --------------------------------------------------------------
 
-    def _at_event(self, step: AcceptedStep) -> None:
-        """Attach the event time's gradient to the state at the event (before observers see it)."""
-        t_star = step.t_new
-        r = step.coefficients()
-        powers = torch.arange(1, r.shape[0] + 1, dtype=r.dtype, device=r.device)
-        ydot = (powers.unsqueeze(-1) * r).sum(0).detach() / step.h  # the interpolant's derivative at t*
-        y = step.state1
+    def attach(self, t_star: float, y: torch.Tensor, ydot: torch.Tensor) -> torch.Tensor:
+        """The state at the located events, carrying the event time's gradient (ydot: dy/dt there)."""
+        ydot = ydot.detach()
         deltas = []
         for _, i, elements in self.fired:
             event = self.events[i]
@@ -280,18 +286,17 @@ class EventHandler:
         # fire at once: they share the time).
         _, el0, d0 = deltas[0]
         shift = d0[0] if el0 is None else self.expand(torch.where(el0, d0, torch.zeros_like(d0)))
-        if self.grad:
-            step.state1 = y + ydot * shift
         self._pending = (deltas, shift, ydot)
+        return y + ydot * shift if self.grad else y
 
-    def fire(self, step: AcceptedStep, f: Callable[[float, torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, bool]:
-        """Apply the located events after the observers have seen the step: the state to
-        continue from and whether the solve stops."""
-        t_star = step.t_new
+    def fire(
+        self, t_star: float, y: torch.Tensor, f: Callable[[float, torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, bool, torch.Tensor | None]:
+        """Apply the located events at (t*, y) from `attach`: the state to continue from,
+        whether the solve stops, and f there (None when it stops)."""
         deltas, shift, ydot = self._pending
-        y = step.state1
         tt = torch.tensor(t_star, dtype=self.time_dtype, device=y.device)
-        stop = self.stop_at_any
+        stop = False
         for i, elements, delta in deltas:
             event = self.events[i]
             if elements is None:
@@ -305,8 +310,7 @@ class EventHandler:
             self.batch_time = torch.where(elements, times, self.batch_time)
             self.batch_index = torch.where(elements, torch.full_like(self.batch_index, i), self.batch_index)
             self.log.append((times, i))
-            if not self.stop_at_any:
-                self.alive = self.alive & ~elements
+            self.alive = self.alive & ~elements
         self._update_mask()
         affected = False
         if not stop:
@@ -319,12 +323,12 @@ class EventHandler:
         if self.alive is not None and not bool(self.alive.any()):
             stop = True
             self.terminal_time, self.terminal_index = self.batch_time, self.batch_index
-        self.stopped = stop
         if stop:
-            return y, True
+            return y, True, None
         k1 = f(t_star, y)
         if affected and self.grad:
             y = y - k1.detach() * shift  # what follows starts at t*, which moves with θ
+            k1 = f(t_star, y)
         with torch.no_grad():
             self.prev = [self._g(e, t_star, y).reshape(-1).detach() for e in self.events]
             direction = ydot if not affected else k1.detach()
@@ -333,16 +337,22 @@ class EventHandler:
                 # event just handled is not found again at the start of the next step.
                 gdot = self._gdot(self.events[i], t_star, y, direction)
                 self.prev[i] = gdot if elements is None else torch.where(elements, gdot, self.prev[i])
-        return y, False
+        return y, False, k1
 
 
-def _illinois(phi: Callable[[float], float], ga: float, gb: float) -> float:
-    """The root of phi on [0, 1] given phi(0) = ga and phi(1) = gb of opposite signs (or gb = 0):
+def _derivative(step: AcceptedStep) -> torch.Tensor:
+    """dy/dt at the end of a step, from its interpolant."""
+    r = step.coefficients()
+    powers = torch.arange(1, r.shape[0] + 1, dtype=r.dtype, device=r.device)
+    return (powers.unsqueeze(-1) * r).sum(0) / step.h
+
+
+def _illinois(phi: Callable[[float], float], ga: float, gb: float, a: float = 0.0, b: float = 1.0) -> float:
+    """The root of phi on [a, b] given phi(a) = ga and phi(b) = gb of opposite signs (or gb = 0):
     regula falsi with the Illinois modification, to the rounding of θ. Returns the end of the
     final bracket on the crossed side, so the state there has crossed."""
-    a, b = 0.0, 1.0
     if gb == 0:
-        return 1.0
+        return b
     side = 0
     for _ in range(_MAX_ITERATIONS):
         if b - a <= 4 * 2.2e-16 * max(1.0, b):

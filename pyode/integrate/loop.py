@@ -111,8 +111,7 @@ class _Loop:
         opts: SolveOptions,
         on_step: StepHook | None,
         observers: Sequence[Observer],
-        alive: torch.Tensor | None,
-        stop_at_any_event: bool,
+        events: EventHandler | None,
     ):
         self.prob, self.solver, self.opts = prob, solver, opts
         self.layout = layout = StateLayout(prob.y0)
@@ -122,12 +121,12 @@ class _Loop:
         self.direction = 1.0 if t1 >= t0 else -1.0
         self.stats = Stats()
         self.field = _Field(prob.f, layout, self.stats, self.direction)
-        self.events = (
-            EventHandler(opts.events, layout, t0, y0, opts.time_dtype, stop_at_any_event, alive)
-            if opts.events
-            else None
-        )
-        self.f = f = self.events.wrap(self.field) if self.events is not None else self.field
+        if events is None and opts.events:
+            events = EventHandler(opts.events, layout, opts.time_dtype)
+        self.events = events
+        if events is not None:
+            events.begin(t0, y0)
+        self.f = f = events.wrap(self.field) if events is not None else self.field
         k1 = f(_nudge(t0, t1, self.dtype) if t0 in opts.discontinuities else t0, y0)
         self.norm = layout.flat_norm(opts.internalnorm)
         self.stepper = stepper = solver.stepper(f, self.dtype, y0.device)
@@ -143,6 +142,7 @@ class _Loop:
             watching.append(StepRecorder(on_step))
         if opts.progress:
             watching.append(ProgressBar(t0, t1, self.stats))
+        watching.extend(opts.observers)
         watching.extend(observers)
         self.watching = watching
         self.attempting, self.rejecting = _overrides(watching, "attempt"), _overrides(watching, "rejected")
@@ -230,14 +230,16 @@ class _Loop:
             return
         self.stop_i += record.on_stop
         self.t, self.y = record.t_new, record.state1
-        if fired:
-            y, terminated = events.fire(record, self.f)
+        if fired and events.stop_at_any:
+            self.retcode = ReturnCode.Terminated
+        elif fired:
+            y, terminated, k1 = events.fire(self.t, self.y, self.f)
             if terminated:
                 self.y, self.retcode = y, ReturnCode.Terminated
                 return
-            self.k1 = self.f(self.t, y)
-            self.y = stepper.init(self.t, y, self.k1)
-        elif jump is not None:
+            self.k1 = k1
+            self.y = stepper.init(self.t, y, k1)
+        elif jump is not None and not at_end:
             self.k1 = self.f(_nudge(self.t, self.t + self.direction, self.dtype), self.y) if stepper.uses_k1 else None
         else:
             self.k1 = record.end_derivative() if needs_k1 else None
@@ -271,17 +273,16 @@ def integrate(
     throw: bool = True,
     on_step: StepHook | None = None,
     observers: Sequence[Observer] = (),
-    alive: torch.Tensor | None = None,
-    stop_at_any_event: bool = False,
+    events: EventHandler | None = None,
 ) -> Solution:
     """Run the forward loop; autograd records it unless the caller disabled grad.
 
     `on_step(t, h, s_n, s_n+1, r)` is called after every accepted step with the stepper's state
     before and after it and the step's dense coefficients r (None without an interpolant): the
     record the quadrature and reversible adjoints read. `observers` receive every step (see
-    `Observer`). `alive` and `stop_at_any_event` serve the adjoints' event driver: batch
-    elements already stopped by an event, and stopping at the first crossing of any event.
+    `Observer`). `events` replaces the handler built from `opts.events`: the adjoints' event
+    driver carries one across its segments.
     """
-    loop = _Loop(prob, solver, opts, on_step, observers, alive, stop_at_any_event)
+    loop = _Loop(prob, solver, opts, on_step, observers, events)
     loop.run()
     return loop.solution(throw)

@@ -77,6 +77,11 @@ class DirectAdjoint(AbstractSensitivityAlgorithm):
                 f"DirectAdjoint(checkpoint_every=...) replays steps from the user's state, but {solver!r} carries more "
                 "state than that; use ReversibleAdjoint(), whose memory is constant anyway"
             )
+        if self.checkpoint_every is not None and opts.events:
+            raise ValueError(
+                "DirectAdjoint(checkpoint_every=...) replays recorded steps and cannot locate events on them; leave "
+                "checkpointing off, or use BacksolveAdjoint()/InterpolatingAdjoint()/GaussAdjoint() for less memory"
+            )
         if self.checkpoint_every is not None and opts.regularize is not None:
             raise ValueError(
                 "DirectAdjoint(checkpoint_every=...) cannot differentiate the regularizers; leave checkpointing off"
