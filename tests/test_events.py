@@ -407,3 +407,17 @@ def test_two_crossings_inside_one_step_are_found():
     root = math.sqrt(25 - 2 * G * 1.2)
     expected = [(5 - root) / G, (5 + root) / G]
     assert [t.item() for t, _ in sol.event_log] == pytest.approx(expected, abs=1e-12)
+
+
+def test_batched_times_are_reported_when_the_span_ends_first():
+    heights = torch.tensor([0.5, 20.0], dtype=torch.float64)
+    g = torch.tensor(G, dtype=torch.float64)
+    y0 = torch.stack((heights, torch.zeros(2, dtype=torch.float64)), dim=1)
+    sol = pyode.solve(
+        pyode.ODEProblem(lambda t, y: torch.stack((y[:, 1], -g + 0 * y[:, 0]), dim=1), y0, (0.0, 1.0)),
+        pyode.Tsit5(),
+        events=pyode.Event(lambda t, y: y[:, 0]),
+    )
+    assert sol.retcode is pyode.ReturnCode.Success
+    assert float(sol.event_time[0]) == pytest.approx(math.sqrt(1 / G), abs=1e-9)
+    assert math.isnan(float(sol.event_time[1])) and sol.event_index.tolist() == [0, -1]

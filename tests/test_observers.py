@@ -109,3 +109,14 @@ def test_progress_bar_draws_and_closes(monkeypatch):
     text = stream.getvalue()
     assert sol.retcode is pyode.ReturnCode.Success
     assert "t=2/2" in text and f"nfe={sol.stats.nfe}" in text
+
+
+def test_finish_sees_where_an_observer_stopped_the_solve():
+    class Stop(Log):
+        def accepted(self, step):
+            super().accepted(step)
+            return pyode.ReturnCode.Terminated if step.t_new > 1.0 else None
+
+    log = Stop()
+    sol = pyode.solve(_prob(), pyode.Tsit5(), observers=[log])
+    assert log.events[-1] == ("finish", float(sol.t[-1]), pyode.ReturnCode.Terminated)

@@ -125,6 +125,13 @@ class EventHandler:
         self.prev = [g.reshape(-1).clone() for g in g0]
         self._zero_start = any(bool((p == 0).any()) for p in self.prev)
 
+    def results(self) -> tuple[torch.Tensor | None, Any, list]:
+        """(event_time, event_index, event_log) for the Solution: a batched condition reports
+        every element's time (NaN where it did not fire) even when the span ended first."""
+        if self.batch is not None:
+            return self.batch_time, self.batch_index, self.log
+        return self.terminal_time, self.terminal_index, self.log
+
     def start(self, t0: float, y0: torch.Tensor, k1: torch.Tensor) -> None:
         """A condition that is exactly zero at t0 takes the sign it leaves zero with."""
         if not self._zero_start:

@@ -226,6 +226,8 @@ class _Loop:
             if code is not None:
                 self.retcode = code
         self.field.landing_on(None, self.dtype)
+        if self.retcode.successful and self.retcode is not ReturnCode.Success:
+            self.t, self.y = record.t_new, record.state1  # an observer stopped the solve after this step
         if self.retcode is not ReturnCode.Success:
             return
         self.stop_i += record.on_stop
@@ -258,7 +260,7 @@ class _Loop:
         )
         if self.events is not None:
             events = self.events
-            sol.event_time, sol.event_index, sol.event_log = events.terminal_time, events.terminal_index, events.log
+            sol.event_time, sol.event_index, sol.event_log = events.results()
         if self.regularizer is not None:
             sol.error_estimate, sol.stiffness_estimate = self.regularizer.results(self.y0)
         if throw and not retcode.successful:

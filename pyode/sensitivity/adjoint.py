@@ -267,21 +267,16 @@ def solve_backward(
 
 
 @dataclass(frozen=True, repr=False)
-class AbstractAdjoint(AbstractSensitivityAlgorithm):
-    """A continuous adjoint: forward under `no_grad`, backward by solving the adjoint system.
+class AbstractAdjointFunction(AbstractSensitivityAlgorithm):
+    """An algorithm whose gradient comes from its own backward pass: the forward solve runs under
+    `no_grad` inside an autograd Function, and `backward_sweep` computes dL/dy0 and dL/dθ."""
 
-    Args (shared by every subclass):
-        solver: the backward solve's method (default: the forward one).
-        rtol, atol: the backward solve's tolerances (default: the forward ones).
-        internalnorm: the backward solve's norm, overriding the method's choice.
-    """
-
-    solver: AbstractSolver | None = None
-    rtol: float | None = None
-    atol: float | None = None
-    internalnorm: Norm | None = None
     # Refuse f closing over tensors outside `params`; torchdiffeq's `adjoint_params=` turns it off.
-    _check_closure: bool = dataclasses.field(default=True, repr=False)
+    _check_closure: bool = dataclasses.field(default=True, repr=False, kw_only=True)
+
+    def backward_solver(self, forward: AbstractSolver) -> AbstractSolver:
+        """The solver of the backward pass (the forward one unless the algorithm takes another)."""
+        return forward
 
     @abc.abstractmethod
     def backward_sweep(
@@ -307,9 +302,7 @@ class AbstractAdjoint(AbstractSensitivityAlgorithm):
                 f"solver's own computation, which {type(self).__name__} does not record. "
                 "pyode.LocalRegularization() works with every sensealg"
             )
-        if self.solver is not None and not isinstance(self.solver, AbstractSolver):
-            raise TypeError(f"{type(self).__name__}: solver must be a pyode solver; got {self.solver!r}")
-        self.check_solvers(solver, self.solver or solver)
+        self.check_solvers(solver, self.backward_solver(solver))
         layout = StateLayout(prob.y0)
         y0 = layout.flatten(prob.y0)
         params = tuple(p for p in prob.params if p.requires_grad)
@@ -334,6 +327,27 @@ class AbstractAdjoint(AbstractSensitivityAlgorithm):
                     f"{type(self).__name__} solves forward without recording, so its dense output is a constant"
                 )
         return sol
+
+
+@dataclass(frozen=True, repr=False)
+class AbstractAdjoint(AbstractAdjointFunction):
+    """A continuous adjoint: forward under `no_grad`, backward by solving the adjoint system.
+
+    Args (shared by every subclass):
+        solver: the backward solve's method (default: the forward one).
+        rtol, atol: the backward solve's tolerances (default: the forward ones).
+        internalnorm: the backward solve's norm, overriding the method's choice.
+    """
+
+    solver: AbstractSolver | None = None
+    rtol: float | None = None
+    atol: float | None = None
+    internalnorm: Norm | None = None
+
+    def backward_solver(self, forward: AbstractSolver) -> AbstractSolver:
+        if self.solver is not None and not isinstance(self.solver, AbstractSolver):
+            raise TypeError(f"{type(self).__name__}: solver must be a pyode solver; got {self.solver!r}")
+        return self.solver or forward
 
 
 class _Setup(NamedTuple):

@@ -150,7 +150,7 @@ def solve_segments(
         prob=prob,
         solver=solver,
     )
-    sol.event_time, sol.event_index, sol.event_log = handler.terminal_time, handler.terminal_index, handler.log
+    sol.event_time, sol.event_index, sol.event_log = handler.results()
     if throw and not retcode.successful:
         raise SolveError(retcode, float(sol.t[-1]) if len(sol.t) else t_start, sol)
     return sol

@@ -11,11 +11,11 @@ from ..integrate import SolveOptions
 from ..problem import ODEProblem, Solution, Stats
 from ..solvers.base import AbstractSolver
 from ..solvers.reversible import AbstractReversibleSolver
-from .adjoint import AbstractAdjoint, AdjointGradients, ForwardRecord, VectorField
+from .adjoint import AbstractAdjointFunction, AdjointGradients, ForwardRecord, VectorField
 
 
 @dataclass(frozen=True, repr=False)
-class ReversibleAdjoint(AbstractAdjoint):
+class ReversibleAdjoint(AbstractAdjointFunction):
     """Backpropagation through a reversible solver without storing its trajectory (McCallum &
     Foster 2024; Kidger et al. 2021; Zhuang et al. 2021).
 
@@ -31,6 +31,7 @@ class ReversibleAdjoint(AbstractAdjoint):
       computes it, up to the round-off of the reconstruction (which the coupling keeps stable).
     - Solvers: reversible ones only: `Reversible(base)`, `ReversibleHeun()`, `AsyncLeapfrog()`.
       It is the default `sensealg` for them.
+    - It takes no backward solver, tolerances or norm: it replays the forward steps exactly.
     - Gradients reach y0 and `prob.params` (and times, through the flow identities); as for
       every adjoint, f may not close over other tensors that require grad.
     """
@@ -40,10 +41,6 @@ class ReversibleAdjoint(AbstractAdjoint):
             raise TypeError(
                 f"ReversibleAdjoint needs a reversible solver (Reversible(Tsit5()), ReversibleHeun() or "
                 f"AsyncLeapfrog()); got {solver!r}."
-            )
-        if self.solver is not None or self.rtol is not None or self.atol is not None or self.internalnorm is not None:
-            raise ValueError(
-                "ReversibleAdjoint replays the forward steps exactly; it takes no backward solver, tolerances or norm"
             )
         return super().solve(prob, solver, opts, throw)
 
