@@ -245,7 +245,7 @@ def _until_event(func, y0, t, rtol, atol, method, options, event_fn, sensealg, p
     kwargs = dict(plan.kwargs)
     kwargs.pop("saveat", None)
     kwargs["dense"] = False
-    kwargs["dtmin"] = 16 * 2.2e-16 * max(1.0, abs(float(t0)))
+    kwargs["dtmin"] = 16 * 2.2e-16 * max(1.0, abs(float(t0.detach())))
     if not kwargs.get("adaptive", True):
         kwargs.pop("tstops", None)
         if options is None or options.get("step_size") is None:
