@@ -116,7 +116,7 @@ def odeint(
     plan = _translate(func, y0, t, rtol, atol, method, options, "odeint")
     if t.numel() == 1:
         return _initial_only(y0)
-    plan.kwargs["observers"] = _callbacks(func, y0, "")
+    plan.kwargs["observers"] = _callbacks(func, y0)
     return plan.output(solve(ODEProblem(func, y0, (t[0], t[-1])), plan.solver, **plan.kwargs).y)
 
 
@@ -200,7 +200,7 @@ def odeint_adjoint(
         return _until_event(func, y0, t, rtol, atol, method, options, event_fn, sensealg, params, "odeint_adjoint")
     if t.numel() == 1:
         return _initial_only(y0)
-    plan.kwargs["observers"] = _callbacks(func, y0, "")
+    plan.kwargs["observers"] = _callbacks(func, y0)
     prob = ODEProblem(func, y0, (t[0], t[-1]), params=tuple(adjoint_params))
     return plan.output(solve(prob, plan.solver, sensealg=sensealg, **plan.kwargs).y)
 
@@ -261,7 +261,7 @@ def _until_event(func, y0, t, rtol, atol, method, options, event_fn, sensealg, p
     event = Event(condition, terminal=True, direction=0)
     prob = ODEProblem(func, y0, (t0, far), params=params)
     extra = {} if sensealg is None else {"sensealg": sensealg}
-    sol = solve(prob, plan.solver, events=event, observers=_callbacks(func, y0, ""), **extra, **kwargs)
+    sol = solve(prob, plan.solver, events=event, observers=_callbacks(func, y0), **extra, **kwargs)
     if sol.event_time is None:
         raise SolveError(sol.retcode, float(sol.t[-1]), sol)
     states = sol.y
@@ -276,11 +276,11 @@ class _Callbacks(Observer):
     """torchdiffeq's callbacks on func: callback_step before each attempted step,
     callback_accept_step / callback_reject_step after it, each as (t0, y0, dt)."""
 
-    def __init__(self, func: Any, y0: State, suffix: str):
+    def __init__(self, func: Any, y0: State):
         self.layout = StateLayout(y0)
-        self.step = getattr(func, "callback_step" + suffix, None)
-        self.accept = getattr(func, "callback_accept_step" + suffix, None)
-        self.reject = getattr(func, "callback_reject_step" + suffix, None)
+        self.step = getattr(func, "callback_step", None)
+        self.accept = getattr(func, "callback_accept_step", None)
+        self.reject = getattr(func, "callback_reject_step", None)
         self.like = self.layout.flatten(y0)
 
     def _args(self, t: float, y: torch.Tensor, h: float) -> tuple:
@@ -305,9 +305,9 @@ class _Callbacks(Observer):
             self.reject(*self._args(t, y, h))
 
 
-def _callbacks(func: Any, y0: State, suffix: str) -> list[Observer]:
+def _callbacks(func: Any, y0: State) -> list[Observer]:
     names = ("callback_step", "callback_accept_step", "callback_reject_step")
-    return [_Callbacks(func, y0, suffix)] if any(callable(getattr(func, n + suffix, None)) for n in names) else []
+    return [_Callbacks(func, y0)] if any(callable(getattr(func, n, None)) for n in names) else []
 
 
 def _torchdiffeq_adjoint_norm(norm: Callable, y0: State, params: tuple[torch.Tensor, ...]) -> Callable:
@@ -443,25 +443,20 @@ def _adaptive(t: torch.Tensor, kwargs: dict[str, Any], options: dict[str, Any], 
         kwargs["dtmin"] = min_step
     elif controller is not None:
         kwargs["controller"] = controller
-    if options.get("step_t") is not None:
-        # torchdiffeq ignores step_t values outside the span (and on its ends).
-        t0, t1 = float(t[0]), float(t[-1])
-        direction = 1.0 if t1 >= t0 else -1.0
-        values = options["step_t"]
-        values = values.detach().reshape(-1).tolist() if isinstance(values, torch.Tensor) else list(values)
-        kwargs["tstops"] = [
-            float(s) for s in values if direction * (float(s) - t0) > 0 and direction * (t1 - float(s)) > 0
-        ]
-    if options.get("jump_t") is not None:
-        # Discontinuities of func: steps land there, the stage at a jump sees the time just before
-        # it and the next step restarts with func just after it (torchdiffeq's perturb).
-        t0, t1 = float(t[0]), float(t[-1])
-        direction = 1.0 if t1 >= t0 else -1.0
-        values = options["jump_t"]
-        values = values.detach().reshape(-1).tolist() if isinstance(values, torch.Tensor) else list(values)
-        kwargs["d_discontinuities"] = [
-            float(s) for s in values if direction * (float(s) - t0) > 0 and direction * (t1 - float(s)) > 0
-        ]
+    # torchdiffeq ignores step_t and jump_t values outside the span (and on its ends). jump_t are
+    # discontinuities of func: steps land there, the stage at a jump sees the time just before it
+    # and the next step restarts with func just after it (torchdiffeq's perturb).
+    for option, keyword in (("step_t", "tstops"), ("jump_t", "d_discontinuities")):
+        if options.get(option) is not None:
+            kwargs[keyword] = _strictly_inside(options[option], t)
+
+
+def _strictly_inside(values: Any, t: torch.Tensor) -> list[float]:
+    """The times strictly between t[0] and t[-1]."""
+    t0, t1 = float(t[0]), float(t[-1])
+    direction = 1.0 if t1 >= t0 else -1.0
+    values = values.detach().reshape(-1).tolist() if isinstance(values, torch.Tensor) else list(values)
+    return [float(s) for s in values if direction * (float(s) - t0) > 0 and direction * (t1 - float(s)) > 0]
 
 
 @dataclasses.dataclass(frozen=True)

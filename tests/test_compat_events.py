@@ -65,7 +65,7 @@ def test_odeint_with_event_fn_returns_the_pair():
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
     event_t, sol = pyode.odeint(f, y0, t, event_fn=lambda t, y: y[0])
     ref_t, ref_sol = torchdiffeq.odeint(Ball(), y0, t, event_fn=lambda t, y: y[0])
-    assert float(event_t) == pytest.approx(float(ref_t), abs=1e-9)
+    assert event_t.item() == pytest.approx(ref_t.item(), abs=1e-9)
     assert torch.allclose(sol, ref_sol, atol=1e-7)
 
 

@@ -131,6 +131,15 @@ def _tolerance(value: Any, name: str, layout: StateLayout) -> Tolerance:
     return _positive(value, name, allow_zero=True)
 
 
+def _stop_times(values: Any, name: str, t0: float, t1: float) -> tuple[float, ...]:
+    """Times the steps must land on, in any order and with repeats: sorted in the direction of
+    integration, deduplicated, and checked to lie in the span."""
+    if values is None:
+        return ()
+    floats = {float(s) for s in (values.tolist() if isinstance(values, torch.Tensor) else values)}
+    return _times(sorted(floats, reverse=t1 < t0), name, t0, t1)[0]
+
+
 def _positive(value: Any, name: str, allow_zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number; got {type(value).__name__}")
@@ -214,37 +223,8 @@ def make_options(
     else:
         dtmin = _positive(dtmin, "dtmin", allow_zero=True)
     saves, saves_tensor = (None, None) if saveat is None else _times(saveat, "saveat", t0, t1)
-    stops = (
-        ()
-        if tstops is None
-        else _times(
-            sorted(
-                set(float(s) for s in (tstops.tolist() if isinstance(tstops, torch.Tensor) else tstops)),
-                reverse=t1 < t0,
-            ),
-            "tstops",
-            t0,
-            t1,
-        )[0]
-    )
-    jumps = (
-        ()
-        if d_discontinuities is None
-        else _times(
-            sorted(
-                set(
-                    float(s)
-                    for s in (
-                        d_discontinuities.tolist() if isinstance(d_discontinuities, torch.Tensor) else d_discontinuities
-                    )
-                ),
-                reverse=t1 < t0,
-            ),
-            "d_discontinuities",
-            t0,
-            t1,
-        )[0]
-    )
+    stops = _stop_times(tstops, "tstops", t0, t1)
+    jumps = _stop_times(d_discontinuities, "d_discontinuities", t0, t1)
     if jumps:
         stops = tuple(sorted(set(stops) | set(jumps), reverse=t1 < t0))
     events = check_events(events)

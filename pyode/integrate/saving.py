@@ -75,8 +75,8 @@ class Saver(Observer):
         saves, i = self.saves, self.i
         if saves is None or i >= len(saves) or self.direction * (saves[i] - t_new) > 0:
             return False
-        only_end = saves[i] == t_new and (i + 1 == len(saves) or self.direction * (saves[i + 1] - t_new) > 0)
-        return not only_end or self.saves_tensor is not None
+        # Save times are strictly monotone: one at t_new is the step's only one, its end state.
+        return saves[i] != t_new or self.saves_tensor is not None
 
     def accepted(self, step: AcceptedStep) -> ReturnCode | None:
         if self.interpolates and self.wants_coefficients(step.t_new):

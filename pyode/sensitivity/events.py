@@ -60,15 +60,21 @@ def solve_segments(
     first = True
     retcode = ReturnCode.Success
     save_i = 0
+
+    def count(t: float, z: torch.Tensor) -> torch.Tensor:
+        stats.nfe += 1
+        return layout.call(prob.f, t, z)
+
+    f_flat = handler.wrap(count)  # f on flat states, stopped batch elements held still
     while True:
         segment = dataclasses.replace(prob, y0=layout.unflatten(y.detach()), tspan=(t_start, t1))
         with torch.no_grad():
             scout = integrate(segment, solver, scout_opts, throw=False, events=handler)
         stats.nfe += scout.stats.nfe
-        t_end = float(scout.t[-1]) if scout.retcode is ReturnCode.Terminated else t1
+        # Where the segment ends: an event, the end of the span, or where the solve failed.
+        t_end = t1 if scout.retcode is ReturnCode.Success else float(scout.t[-1])
         if not scout.retcode.successful:
             retcode = scout.retcode
-            t_end = float(scout.t[-1])
         # The save points in (t_start, t_end], plus t_end itself to read the state there.
         j = save_i
         if saves is not None:
@@ -77,11 +83,10 @@ def solve_segments(
         seg_saves = list(saves[save_i:j]) if saves is not None else None
         seg_tensor = opts.saveat_tensor[save_i:j] if opts.saveat_tensor is not None else None
         extra = seg_saves is not None and (not seg_saves or seg_saves[-1] != t_end)
-        if seg_saves is not None:
-            if extra:
-                seg_saves.append(t_end)
-                if seg_tensor is not None:
-                    seg_tensor = torch.cat((seg_tensor, seg_tensor.new_tensor([t_end])))
+        if extra:
+            seg_saves.append(t_end)
+            if seg_tensor is not None:
+                seg_tensor = torch.cat((seg_tensor, seg_tensor.new_tensor([t_end])))
         seg_opts = dataclasses.replace(
             plain, saveat=tuple(seg_saves) if seg_saves is not None else None, saveat_tensor=seg_tensor
         )
@@ -118,25 +123,10 @@ def solve_segments(
             break
         # The event: its time's gradient, then its affect; stop if it is terminal.
         with torch.no_grad():
-            ydot = layout.flatten(
-                _masked(prob, layout, handler).f(
-                    torch.scalar_tensor(t_end, dtype=y_end.dtype, device=y_end.device), layout.unflatten(y_end)
-                )
-            )
-        stats.nfe += 1
-        handler.grad = torch.is_grad_enabled()
+            ydot = f_flat(t_end, y_end)
         y_star = handler.attach(t_end, y_end, ydot)
         if not extra:  # the state at the event is an output: give it the event time's gradient
             out_y[-1] = torch.cat((out_y[-1][:-1], y_star.unsqueeze(0)))
-
-        def f_flat(t: float, z: torch.Tensor) -> torch.Tensor:
-            stats.nfe += 1
-            return layout.flatten(
-                _masked(prob, layout, handler).f(
-                    torch.scalar_tensor(t, dtype=z.dtype, device=z.device), layout.unflatten(z)
-                )
-            )
-
         y, terminated, _ = handler.fire(t_end, y_star, f_flat)
         if terminated:
             retcode = ReturnCode.Terminated
