@@ -169,7 +169,8 @@ class _Loop:
             if t_new == self.t:
                 self.retcode = ReturnCode.DtLessThanMin
                 break
-            self.field.landing_on(jump, self.dtype)
+            if jump is not None:
+                self.field.landing_on(jump, self.dtype)
             for o in self.attempting:
                 o.attempt(self.t, self.stepper.output(self.y), h)
             step = self.stepper.step(self.t, self.y, h, self.k1)
@@ -219,16 +220,16 @@ class _Loop:
         fired = events is not None and events.locate(record)
         at_end = record.on_stop and record.t_new == self.t1
         needs_k1 = stepper.uses_k1 and not (at_end or jump is not None or fired)
-        if needs_k1:
-            record.end_derivative()  # the next step's k1, which dense output reuses
+        k1 = record.end_derivative() if needs_k1 else None  # the next step's k1, which dense output reuses
         for o in self.watching:
             code = o.accepted(record)
             if code is not None:
                 self.retcode = code
-        self.field.landing_on(None, self.dtype)
-        if self.retcode.successful and self.retcode is not ReturnCode.Success:
-            self.t, self.y = record.t_new, record.state1  # an observer stopped the solve after this step
+        if jump is not None:
+            self.field.landing_on(None, self.dtype)
         if self.retcode is not ReturnCode.Success:
+            if self.retcode.successful:  # an observer stopped the solve after this step
+                self.t, self.y = record.t_new, record.state1
             return
         self.stop_i += record.on_stop
         self.t, self.y = record.t_new, record.state1
@@ -244,7 +245,7 @@ class _Loop:
         elif jump is not None and not at_end:
             self.k1 = self.f(_nudge(self.t, self.t + self.direction, self.dtype), self.y) if stepper.uses_k1 else None
         else:
-            self.k1 = record.end_derivative() if needs_k1 else None
+            self.k1 = k1
 
     def solution(self, throw: bool) -> Solution:
         ts, ys, retcode, t = self.saver.result(self.retcode, self.t, self.y, self.y0)
