@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import pyode
-from pyode.compat import FIXED_GRID, _translate
+from pyode.compat import FIXED_GRID
+from pyode.compat._options import _translate
 
 from .problems import VAN_DER_POL
 

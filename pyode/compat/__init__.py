@@ -1,0 +1,11 @@
+"""Other libraries' signatures on pyode's engine: torchdiffeq's `odeint`, `odeint_adjoint` and
+`odeint_event` (see `torchdiffeq.py`)."""
+
+from ._options import _ADAPTIVE_OPTIONS as _ADAPTIVE_OPTIONS
+from ._options import _FIXED_OPTIONS as _FIXED_OPTIONS
+from ._options import FIXED_GRID as FIXED_GRID
+from ._options import METHODS as METHODS
+from ._options import SCIPY_METHOD as SCIPY_METHOD
+from .torchdiffeq import odeint as odeint
+from .torchdiffeq import odeint_adjoint as odeint_adjoint
+from .torchdiffeq import odeint_event as odeint_event
