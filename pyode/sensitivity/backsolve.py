@@ -11,11 +11,11 @@ from .adjoint import (
     AbstractAdjoint,
     AdjointGradients,
     ForwardRecord,
-    VectorField,
     adjoint_norm,
     solve_backward,
     sweep,
 )
+from .vector_field import VectorField
 
 
 @dataclass(frozen=True, repr=False)

@@ -12,7 +12,6 @@ from .adjoint import (
     AbstractAdjoint,
     AdjointGradients,
     ForwardRecord,
-    VectorField,
     adjoint_norm,
     require_dense,
     solve_backward,
@@ -20,6 +19,7 @@ from .adjoint import (
     sweep,
 )
 from .quadrature import QuadratureAccumulator, gauss_legendre
+from .vector_field import VectorField
 
 
 @dataclass(frozen=True, repr=False)

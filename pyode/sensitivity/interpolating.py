@@ -14,12 +14,12 @@ from .adjoint import (
     AbstractAdjoint,
     AdjointGradients,
     ForwardRecord,
-    VectorField,
     adjoint_norm,
     require_dense,
     solve_backward,
     sweep,
 )
+from .vector_field import VectorField
 
 
 @dataclass(frozen=True, repr=False)

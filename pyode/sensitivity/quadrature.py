@@ -16,13 +16,13 @@ from .adjoint import (
     AbstractAdjoint,
     AdjointGradients,
     ForwardRecord,
-    VectorField,
     adjoint_norm,
     require_dense,
     solve_backward,
     state_and_adjoint,
     sweep,
 )
+from .vector_field import VectorField
 
 
 @functools.cache

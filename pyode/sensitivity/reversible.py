@@ -11,7 +11,12 @@ from ..integrate import SolveOptions
 from ..problem import ODEProblem, Solution, Stats
 from ..solvers.base import AbstractSolver
 from ..solvers.reversible import AbstractReversibleSolver
-from .adjoint import AbstractAdjointFunction, AdjointGradients, ForwardRecord, VectorField
+from .adjoint import (
+    AbstractAdjointFunction,
+    AdjointGradients,
+    ForwardRecord,
+)
+from .vector_field import VectorField
 
 
 @dataclass(frozen=True, repr=False)
