@@ -3,7 +3,7 @@ ingredients of the step control (error estimate, controller, initial step, safet
 time, and the accuracy each buys (issue 13).
 
     python benchmarks/step_counts.py                       # all problems and variants, ~2 minutes on 2 cores
-    python benchmarks/step_counts.py --variants tdq pyode-PI proposed   # ~20 s
+    python benchmarks/step_counts.py --variants tdq PI-plain pyode-PI   # ~20 s
     python benchmarks/step_counts.py --trace vdp 1e-6      # the first attempted steps, per variant
 
 Problems: the three neural ODEs of core.py (scale 1, t in [0, 10], 20 save times) and the three of
@@ -162,7 +162,7 @@ class PIFresh(pyode.PIController):
     the step after the first accepted one by 1e-4^0.04 = 0.69)."""
 
     def init(self, error_order: int):
-        return self.gains(error_order), 1.0
+        return self.gains(error_order), 1.0, None
 
 
 @dataclass(frozen=True)
@@ -173,30 +173,6 @@ class PIKeep(pyode.PIController):
     def factor(self, ratio, prev_ratio, gains, accepted):
         f = super().factor(ratio, prev_ratio, gains, accepted)
         return max(f, 1.0) if accepted and ratio < 1.0 else f
-
-
-@dataclass(frozen=True)
-class PIStart(pyode.PIController):
-    """PIController that starts as the I controller: until the first step with E >= `until` (or
-    the first rejection), accepted steps get h·clamp(safety·E^(-1/k), 1, factor_max), which
-    reaches the target error in one step from a small initial step (the I rule is deadbeat for
-    E ~ h^k), where the PI gains close only about half of the gap per step. Then plain PI."""
-
-    until: float = 0.5
-
-    def init(self, error_order: int):
-        return self.gains(error_order), 1e-4, False, 1.0 / (error_order + 1)
-
-    def adapt(self, ratio: float, h: float, state: tuple):
-        gains, prev, started, expo = state
-        if started:
-            accepted, h_new, (gains, prev) = super().adapt(ratio, h, (gains, prev))
-            return accepted, h_new, (gains, prev, True, expo)
-        if not ratio <= 1.0 or ratio >= self.until:
-            accepted, h_new, (gains, prev) = super().adapt(ratio, h, (gains, prev))
-            return accepted, h_new, (gains, prev, True, expo)
-        factor = self.factor_max if ratio == 0.0 else min(self.factor_max, max(1.0, self.safety * ratio**-expo))
-        return True, h * factor, (gains, max(ratio, 1e-4), False, expo)
 
 
 @dataclass
@@ -215,20 +191,32 @@ VARIANTS = {
     v.name: v
     for v in [
         Variant("tdq", "torchdiffeq dopri5 (Shampine estimate, I control, h0 exponent 1/5)"),
-        Variant("pyode-PI", "pyode default: DP5, PIController()", DP, pyode.PIController()),
+        Variant(
+            "pyode-PI",
+            "pyode default: DP5, PIController() (integral start-up to E = 0.5)",
+            DP,
+            pyode.PIController(),
+            None,
+            True,
+        ),
+        Variant(
+            "PI-plain", "DP5, PIController(startup=None): the default before", DP, pyode.PIController(startup=None)
+        ),
         Variant("pyode-I", "DP5, IController()", DP, pyode.IController()),
         # one change at a time from the default
-        Variant("PI+h0/5", "DP5, PIController(), initial step exponent 1/5", DP, pyode.PIController(), 4),
-        Variant("PI+shampine", "DP5 Shampine estimate, PIController()", DPS, pyode.PIController()),
-        Variant("PI-fresh", "DP5, PIController with E_prev=1 at the start", DP, PIFresh()),
-        Variant("PI-keep", "DP5, PIController never shrinking after acceptance", DP, PIKeep()),
-        Variant("PI-s0.95", "DP5, PIController(safety=0.95)", DP, pyode.PIController(safety=0.95)),
-        Variant("PI-b2=0.02", "DP5, PIController(beta2=0.02)", DP, pyode.PIController(beta2=0.02)),
+        Variant("PI+h0/5", "DP5, PIController(), initial step exponent 1/5", DP, pyode.PIController(startup=None), 4),
+        Variant(
+            "PI+shampine", "DP5 Shampine estimate, PIController(startup=None)", DPS, pyode.PIController(startup=None)
+        ),
+        Variant("PI-fresh", "DP5, PIController with E_prev=1 at the start", DP, PIFresh(startup=None)),
+        Variant("PI-keep", "DP5, PIController never shrinking after acceptance", DP, PIKeep(startup=None)),
+        Variant("PI-s0.95", "DP5, PIController(safety=0.95)", DP, pyode.PIController(safety=0.95, startup=None)),
+        Variant("PI-b2=0.02", "DP5, PIController(beta2=0.02)", DP, pyode.PIController(beta2=0.02, startup=None)),
         Variant(
             "PI-b2=0",
             "DP5, PIController(beta2=0) (I gain, but may shrink after accept)",
             DP,
-            pyode.PIController(beta2=0.0),
+            pyode.PIController(beta2=0.0, startup=None),
         ),
         # torchdiffeq rebuilt from pyode parts, one piece at a time
         Variant("I+h0/5", "DP5, IController(), initial step exponent 1/5", DP, pyode.IController(), 4),
@@ -237,10 +225,9 @@ VARIANTS = {
             "I+shampine+h0/5", "torchdiffeq's rule in pyode: Shampine, I, h0 exponent 1/5", DPS, pyode.IController(), 4
         ),
         # the start-up phase: I rule until E >= until (or a rejection), then PI
-        Variant("PIStart(0.3)", "DP5, PIStart(until=0.3)", DP, PIStart(until=0.3)),
-        Variant("PIStart(1)", "DP5, PIStart(until=1.01): I rule until the first rejection", DP, PIStart(until=1.01)),
-        Variant("PIStart+shampine", "DP5 Shampine estimate, PIStart(until=0.5)", DPS, PIStart()),
-        Variant("proposed", "DP5, PIStart(until=0.5): the proposed default", DP, PIStart(), None, True),
+        Variant("PI-start0.3", "DP5, PIController(startup=0.3)", DP, pyode.PIController(startup=0.3)),
+        Variant("PI-start1", "DP5, PIController(startup=1.0): I rule until E = 1", DP, pyode.PIController(startup=1.0)),
+        Variant("PI+shampine-start", "DP5 Shampine estimate, PIController()", DPS, pyode.PIController()),
     ]
 }
 

@@ -55,6 +55,14 @@ class PIController(AbstractController):
         accepted:  h_new = h · clamp(safety · E^(-beta1) · E_prev^(beta2), factor_min, factor_max)
         rejected:  h_new = h · clamp(safety · E^(-beta1), factor_min, 1)
 
+    It starts as an integral controller: until the first accepted step with E ≥ `startup` (or
+    the first rejection), an accepted step is followed by h · clamp(safety · E^(-1/k), 1,
+    factor_max), which reaches the target error in one step from a small first step, where the
+    PI gains close only about half the gap per step. On the neural ODEs of
+    `benchmarks/step_counts.py` (4 to 15 steps, where the start dominates) this cut forward
+    evaluations from 648 to 576, torchdiffeq's count, at half torchdiffeq's geometric-mean error;
+    over all its problems from 5308 to 5038 (torchdiffeq: 5086).
+
     Args:
         beta1, beta2: the gains; by default beta2 = 0.04 and beta1 = 1/k - 0.75·beta2 with
             k = the solver's error order + 1, which for DP5 is DOPRI5's 0.17 and 0.04. (SciML's
@@ -62,6 +70,8 @@ class PIController(AbstractController):
             at rtol 1e-6.) `beta2=0` gives the classic integral (I) controller.
         safety: factor below 1 that keeps the next step from being rejected.
         factor_min, factor_max: bounds on the change of the step size per step.
+        startup: the error ratio that ends the integral start-up phase; None for none (plain
+            PI from the first step).
     """
 
     beta1: float | None = None
@@ -69,6 +79,7 @@ class PIController(AbstractController):
     safety: float = 0.9
     factor_min: float = 0.2
     factor_max: float = 10.0
+    startup: float | None = 0.5
 
     def __post_init__(self) -> None:
         _check_factors("PIController", self.safety, self.factor_min, self.factor_max)
@@ -76,6 +87,8 @@ class PIController(AbstractController):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"PIController: {name} must be non-negative; got {value}")
+        if self.startup is not None and not 0 < self.startup <= 1:
+            raise ValueError(f"PIController: startup must be in (0, 1] or None; got {self.startup}")
 
     def gains(self, error_order: int) -> tuple[float, float]:
         k = error_order + 1
@@ -93,15 +106,19 @@ class PIController(AbstractController):
             return min(1.0, max(self.factor_min, proportional))
         return min(self.factor_max, max(self.factor_min, proportional * prev_ratio**beta2))
 
-    def init(self, error_order: int) -> tuple[tuple[float, float], float]:
-        return self.gains(error_order), 1e-4
+    def init(self, error_order: int) -> tuple[tuple[float, float], float, float | None]:
+        """(gains, previous ratio, the start-up exponent 1/k until the start-up ends, then None)."""
+        return self.gains(error_order), 1e-4, (1.0 / (error_order + 1) if self.startup is not None else None)
 
     def adapt(self, ratio: float, h: float, state: tuple) -> tuple[bool, float, tuple]:
-        gains, prev_ratio = state
+        gains, prev_ratio, startup = state
         if not ratio <= 1.0:  # also NaN
             factor = self.factor(ratio, prev_ratio, gains, accepted=False) if math.isfinite(ratio) else self.factor_min
-            return False, h * factor, state
-        return True, h * self.factor(ratio, prev_ratio, gains, accepted=True), (gains, max(ratio, 1e-4))
+            return False, h * factor, (gains, prev_ratio, None)
+        if startup is not None and ratio < self.startup:
+            factor = self.factor_max if ratio == 0.0 else min(self.factor_max, max(1.0, self.safety * ratio**-startup))
+            return True, h * factor, (gains, max(ratio, 1e-4), startup)
+        return True, h * self.factor(ratio, prev_ratio, gains, accepted=True), (gains, max(ratio, 1e-4), None)
 
 
 @dataclass(frozen=True)

@@ -115,10 +115,11 @@ def test_loop_lands_on_the_end_with_a_stretched_step():
     _, log = _run([0.25] * 10, dt=0.5, controller=controller)
     assert [h for _, h, _ in log] == pytest.approx([0.5, 0.5])
     # A step just short of the end (within 1%) is stretched onto it instead of leaving a sliver.
-    _, log = _run([0.25] * 10, dt=0.499, controller=PIController(beta1=0.0, beta2=0.0, safety=1.0))
+    constant = PIController(beta1=0.0, beta2=0.0, safety=1.0, startup=None)  # proposes h again
+    _, log = _run([0.25] * 10, dt=0.499, controller=constant)
     assert [h for _, h, _ in log] == pytest.approx([0.499, 0.501])
     # Beyond 1% it is not: 0.495 then 0.495 and a last step of 0.01.
-    _sol, log = _run([0.25] * 10, dt=0.495, controller=PIController(beta1=0.0, beta2=0.0, safety=1.0))
+    _sol, log = _run([0.25] * 10, dt=0.495, controller=constant)
     assert [h for _, h, _ in log] == pytest.approx([0.495, 0.495, 0.01])
 
 
@@ -263,3 +264,30 @@ def test_a_controller_must_be_a_controller():
     prob = pyode.ODEProblem(lambda t, y: -y, torch.ones(1), (0.0, 1.0))
     with pytest.raises(TypeError, match="controller must be a pyode step-size controller"):
         pyode.solve(prob, pyode.Tsit5(), controller="pid")
+
+
+def test_pi_controller_starts_with_the_integral_rule():
+    c = PIController()  # startup=0.5
+    state = c.init(4)  # k = 5
+    # While E < 0.5 the step follows the I rule, 0.9 · E^(-1/5) (at least 1, at most factor_max).
+    accepted, h, state = c.adapt(0.01, 1.0, state)
+    assert accepted and h == pytest.approx(0.9 * 0.01**-0.2)
+    accepted, h, state = c.adapt(0.45, 1.0, state)
+    assert h == pytest.approx(0.9 * 0.45**-0.2)
+    accepted, h, state = c.adapt(1e-12, 1.0, state)
+    assert h == 10.0
+    # The first E ≥ 0.5 ends the start-up: from then on it is the PI formula, with E_prev.
+    accepted, h, state = c.adapt(0.6, 1.0, state)
+    assert h == pytest.approx(c.factor(0.6, 1e-4, c.gains(4), accepted=True))  # E_prev: 1e-12 floored
+    accepted, h, state = c.adapt(0.01, 1.0, state)
+    assert h == pytest.approx(c.factor(0.01, 0.6, c.gains(4), accepted=True))
+    # A rejection ends it too; startup=None is the PI formula from the first step.
+    state = c.init(4)
+    _, _, state = c.adapt(3.0, 1.0, state)
+    accepted, h, _ = c.adapt(0.01, 1.0, state)
+    assert h == pytest.approx(c.factor(0.01, 1e-4, c.gains(4), accepted=True))
+    plain = PIController(startup=None)
+    accepted, h, _ = plain.adapt(0.01, 1.0, plain.init(4))
+    assert h == pytest.approx(plain.factor(0.01, 1e-4, plain.gains(4), accepted=True))
+    with pytest.raises(ValueError, match="startup"):
+        PIController(startup=0.0)

@@ -167,6 +167,7 @@ def _saved_bytes(fn) -> int:
 @pytest.mark.parametrize("saveat", [None, "tensor", "list"])
 @pytest.mark.parametrize("solver", [pyode.Tsit5(), pyode.DP8(), pyode.BS3()], ids=repr)
 def test_checkpointing_gives_the_same_gradient(solver, saveat):
+    torch.manual_seed(0)  # the data, not the order the tests ran in
     net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)).double()
     y0 = torch.randn(3, 2, dtype=torch.float64)
     saves = {
@@ -188,8 +189,13 @@ def test_checkpointing_gives_the_same_gradient(solver, saveat):
     checked, got = gradients(pyode.DirectAdjoint(checkpoint_every=2))
     assert torch.equal(plain.t.detach(), checked.t.detach())
     torch.testing.assert_close(checked.y, plain.y, rtol=1e-13, atol=1e-13)
-    # The same discrete computation, replayed: equal up to the rounding of t + h - t.
-    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    # The same discrete computation, replayed: equal up to the rounding of t + h - t, which
+    # differs from h by an ulp of t and is carried through ~10^3 operations per gradient entry, so
+    # the error scales with the gradient's largest entry, not each entry's own size (an entry
+    # near zero differs by as much as a large one). Measured over 8 seeds with DP8 and tensor
+    # save times: at most 1.1e-13 of the largest entry; 1e-12 of it leaves a factor 9.
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12 * scale)
     assert checked.stats.naccept == plain.stats.naccept and checked.stats.nfe > plain.stats.nfe
 
 
