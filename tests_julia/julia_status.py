@@ -3,7 +3,7 @@ before anything imports torch (juliacall must come first):
 
     python -m pytest tests_julia
 
-Without Julia every test here is skipped with the reason. See README "The Julia engine" for the
+Without Julia every test here is skipped with the reason. See docs/julia.md for the
 first run on a machine with Julia.
 """
 

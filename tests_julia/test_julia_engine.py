@@ -1,7 +1,7 @@
 """The Julia engine against the torch engine, on real Julia (skipped without it).
 
-Written where no Julia runtime can be installed, so not yet run: see the README's engine
-table. Tolerances: adaptive solves are compared at rtol 1e-10 (both engines' global errors are
+Written where no Julia runtime can be installed, so not yet run: see the engine
+table in docs/julia.md. Tolerances: adaptive solves are compared at rtol 1e-10 (both engines' global errors are
 then near 1e-9, so 1e-7 between them is the tolerance times the growth, with room); fixed
 steps run the same tableau on the same grid, so they agree to rounding (1e-11).
 
