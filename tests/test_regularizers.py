@@ -101,6 +101,18 @@ def test_reductions():
     assert plain.error_estimate is None and plain.stiffness_estimate is None
 
 
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_estimates_without_grad_are_the_same_values(mode):
+    # Evaluating a regularized model (validation, prediction) must not need autograd.
+    net = _field()
+    prob = pyode.ODEProblem(lambda t, y: net(y), torch.ones(2, 2, dtype=torch.float64), (0.0, 3.0))
+    with_grad = pyode.solve(prob, pyode.Tsit5(), regularize=True)
+    with mode():
+        without = pyode.solve(prob, pyode.Tsit5(), regularize=True)
+    assert without.error_estimate.item() == with_grad.error_estimate.item()
+    assert without.stiffness_estimate.item() == with_grad.stiffness_estimate.item()
+
+
 def test_regularizing_costs_no_extra_evaluations():
     net = _field()
     prob = pyode.ODEProblem(lambda t, y: net(y), torch.ones(2, 2, dtype=torch.float64), (0.0, 3.0))

@@ -157,7 +157,9 @@ class _Loop:
         self.k1 = k1 if stepper.uses_k1 else None
         self.h_abs = _first_step(f, t0, t1, y0, k1, self.direction, solver, opts, self.norm)
         self.retcode = ReturnCode.Success if math.isfinite(self.h_abs) else ReturnCode.Unstable
-        self.ratio_on_graph = torch.is_grad_enabled() and any(o.wants_error_graph for o in watching)
+        # Computed with the graph when an observer reads it (the error regularizer), even under
+        # no_grad: the estimate is then its value.
+        self.ratio_on_graph = any(o.wants_error_graph for o in watching)
 
     def run(self) -> None:
         opts, stats, direction = self.opts, self.stats, self.direction
