@@ -423,3 +423,18 @@ def test_batched_times_are_reported_when_the_span_ends_first():
     assert sol.retcode is pyode.ReturnCode.Success
     assert float(sol.event_time[0]) == pytest.approx(math.sqrt(1 / G), abs=1e-9)
     assert math.isnan(float(sol.event_time[1])) and sol.event_index.tolist() == [0, -1]
+
+
+def test_second_derivatives_through_events_are_refused():
+    h = torch.tensor(H, dtype=torch.float64, requires_grad=True)
+    y0 = torch.stack((h, torch.zeros((), dtype=torch.float64)))
+    sol = pyode.solve(
+        pyode.ODEProblem(ball(torch.tensor(G, dtype=torch.float64)), y0, (0.0, 5.0)),
+        pyode.Tsit5(),
+        events=pyode.Event(lambda t, y: y[0]),
+    )
+    with pytest.raises(RuntimeError, match="first derivatives only"):
+        torch.autograd.grad(sol.event_time, h, create_graph=True)
+    # A first derivative is unaffected.
+    (dh,) = torch.autograd.grad(sol.event_time, h)
+    assert float(dh) == pytest.approx(1 / math.sqrt(2 * H * G), rel=1e-9)

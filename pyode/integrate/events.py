@@ -285,7 +285,7 @@ class EventHandler:
                 g = self._g(event, t_star, y).reshape(-1)
                 safe = torch.where(gdot == 0, torch.ones_like(gdot), gdot)
                 c = torch.where(gdot == 0, torch.zeros_like(g), -g / safe)
-                delta = c - c.detach()  # zero in value; its gradient is dt*/dθ
+                delta = _FirstOrderShift.apply(c)  # zero in value; its gradient is dt*/dθ
             else:
                 delta = torch.zeros_like(gdot)
             deltas.append((i, elements, delta))
@@ -345,6 +345,26 @@ class EventHandler:
                 gdot = self._gdot(self.events[i], t_star, y, direction)
                 self.prev[i] = gdot if elements is None else torch.where(elements, gdot, self.prev[i])
         return y, False, k1
+
+
+class _FirstOrderShift(torch.autograd.Function):
+    """δ = c − c.detach(): zero in value, with c's gradient, the event time's first derivative.
+    Its second derivative is not the event time's (the step holds dg/dt fixed; the exact root's
+    curvature is missing), so differentiating it again raises instead of returning a wrong number."""
+
+    @staticmethod
+    def forward(ctx, c: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(c)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "events: gradients through an event time are first derivatives only (implicit function theorem "
+                "with dg/dt held fixed); create_graph=True, double backward and Hessians through a solve with "
+                "events are not supported"
+            )
+        return grad
 
 
 def _derivative(step: AcceptedStep) -> torch.Tensor:
