@@ -26,6 +26,7 @@ from .problem import SolveError as SolveError
 from .problem import Stats as Stats
 from .regularizers import LocalRegularization as LocalRegularization
 from .regularizers import Regularization as Regularization
+from .sensitivity import AutoAdjoint as AutoAdjoint
 from .sensitivity import BacksolveAdjoint as BacksolveAdjoint
 from .sensitivity import DirectAdjoint as DirectAdjoint
 from .sensitivity import GaussAdjoint as GaussAdjoint

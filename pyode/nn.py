@@ -37,7 +37,9 @@ class NeuralODE(nn.Module):
             end time is drawn uniformly from (t1 - steer, t1 + steer) on every call, which also
             regularizes towards dynamics that are cheap to solve. For models read at the end time
             only (no `saveat`). 0 disables it; evaluation mode always uses t1.
-        **solve_kwargs: any other keyword of `pyode.solve` (dt, internalnorm, max_steps, ...).
+        **solve_kwargs: any other keyword of `pyode.solve` (dt, internalnorm, max_steps, ...);
+            `compile=True` runs every step as one compiled graph, compiled on the first call and
+            reused by every later one (see `pyode.solve`).
     """
 
     def __init__(

@@ -60,15 +60,41 @@ class SolveError(RuntimeError):
         super().__init__(f"solve failed with ReturnCode.{retcode.name} at t = {t:.6g}: {retcode.message}")
 
 
+@dataclass(frozen=True)
+class ElementStats:
+    """Each element's own record in a solve with `batch_axis=0` (`Stats.per_element`).
+
+    Attributes:
+        nfe: (B,) evaluations of f the element took part in while it was still integrating: the
+            count a solve of that element alone reports (f is called on the whole batch, so
+            `Stats.nfe`, the number of batched calls, is at least the largest of these).
+        naccept, nreject: (B,) the element's accepted and rejected steps.
+        retcode: the element's `ReturnCode`, one per element.
+        t: (B,) the time each element reached (t1 for those that succeeded).
+    """
+
+    nfe: torch.Tensor
+    naccept: torch.Tensor
+    nreject: torch.Tensor
+    retcode: tuple[ReturnCode, ...]
+    t: torch.Tensor
+
+
 @dataclass
 class Stats:
     """Work done by one solve: evaluations of f, accepted and rejected steps, and (for the
-    quadrature adjoints' backward pass) the quadrature nodes at which a_z·∂f/∂θ was evaluated."""
+    quadrature adjoints' backward pass) the quadrature nodes at which a_z·∂f/∂θ was evaluated.
+
+    With `batch_axis=0` these count batched work: `nfe` calls of f on the whole batch, and the
+    batched steps in which some element advanced (`naccept`) or none did (`nreject`);
+    `per_element` holds each element's own counts (None otherwise).
+    """
 
     nfe: int = 0
     naccept: int = 0
     nreject: int = 0
     nquad: int = 0
+    per_element: ElementStats | None = field(default=None, repr=False, compare=False)
 
     def __iadd__(self, other: Stats) -> Stats:
         self.nfe += other.nfe
@@ -187,6 +213,10 @@ class Solution:
         event_index: which event (its index in `events`) stopped the solve; per element (-1 for
             none) for a batched condition.
         event_log: every event that occurred, in order: (time, index) pairs, times with gradients.
+        sensealg: the sensitivity algorithm the solve ran with (set by `solve`). For
+            `AutoAdjoint()` it is the AutoAdjoint resolved for this solve: `sol.sensealg.chosen`
+            is the algorithm it picked, `sol.sensealg.reason` says why, and
+            `sol.sensealg.estimate` holds the memory estimate behind the choice.
     """
 
     t: torch.Tensor
@@ -204,6 +234,7 @@ class Solution:
     event_time: torch.Tensor | None = None
     event_index: Any = None
     event_log: list = field(default_factory=list)
+    sensealg: Any = None
     # Why `sol(t)` carries no gradient although `sol.y` does (set by the sensealgs whose dense
     # output comes from an unrecorded solve); calling it with grad enabled then raises.
     dense_without_gradient: str | None = field(default=None, repr=False)

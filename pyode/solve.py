@@ -16,8 +16,9 @@ from .integrate.record import Observer
 from .norms import Norm
 from .problem import ODEProblem, Solution
 from .regularizers import LocalRegularization, Regularization, local_estimates
-from .sensitivity import AbstractSensitivityAlgorithm, DirectAdjoint, ReversibleAdjoint
+from .sensitivity import AbstractSensitivityAlgorithm, AutoAdjoint, DirectAdjoint, ReversibleAdjoint
 from .sensitivity.events import solve_segments
+from .sensitivity.per_sample import solve_per_sample
 from .solvers.base import AbstractSolver
 from .solvers.reversible import AbstractReversibleSolver
 from .step_control import AbstractController
@@ -45,6 +46,8 @@ def solve(
     d_discontinuities: torch.Tensor | Sequence[float] | None = None,
     observers: Sequence[Observer] = (),
     progress: bool = False,
+    compile: bool | dict = False,
+    batch_axis: int | None = None,
     sensealg: Any = None,
     throw: bool = True,
     backend: str = "torch",
@@ -89,6 +92,18 @@ def solve(
             accepted step (custom logging, torchdiffeq's callbacks).
         progress: draw a tqdm progress bar over the time span with the NFE and step size
             (needs tqdm; redrawn at most every 0.1 s).
+        compile: run each step compiled by `torch.compile` (fullgraph): all stages, their
+            combinations, the error ratio and the dense coefficients as one graph, compiled on
+            the first solve and cached per solver, f, state shape, dtype and device. True, or a
+            dict of torch.compile options ({"backend": ..., "mode": ...}). Explicit Runge–Kutta
+            steps only; where compilation fails the solve warns and steps eagerly. See
+            docs/performance.md.
+        batch_axis: 0 to give each element of the batch (dim 0 of a tensor y0 of shape (B, ...)) its
+            own time, step size and accept/reject, as a solve of that element alone would take
+            (per-sample step sizes). f then gets t of shape (B,), each element's own time; saveat
+            may be (T,) shared or (B, T) per element; `sol.y` is (T, B, ...) and
+            `sol.stats.per_element` holds each element's counts and retcode. Explicit Runge–Kutta
+            solvers, PI/I controllers, DirectAdjoint or GaussAdjoint. See docs/per-sample.md.
         sensealg: how gradients flow back through the solve; `DirectAdjoint()` by default
             (`ReversibleAdjoint()` for reversible solvers).
             See `pyode/sensitivity/README.md` for when to choose which.
@@ -108,7 +123,9 @@ def solve(
     if backend not in ("torch", "julia"):
         raise ValueError(f'backend must be "torch" or "julia"; got {backend!r}')
     if backend == "julia":
-        asked = dict(events=events, d_discontinuities=d_discontinuities, observers=observers, progress=progress)
+        asked = dict(
+            events=events, d_discontinuities=d_discontinuities, observers=observers, progress=progress, compile=compile
+        )
         refused = sorted(k for k, v in asked.items() if v is not None and v is not False and v != ())
         if refused:
             raise ValueError(f'{", ".join(refused)}: not available with backend="julia" yet; use backend="torch"')
@@ -120,6 +137,11 @@ def solve(
     elif not isinstance(sensealg, AbstractSensitivityAlgorithm):
         raise TypeError(
             f"sensealg must be a pyode sensitivity algorithm such as pyode.DirectAdjoint(); got {sensealg!r}"
+        )
+    if backend == "julia" and isinstance(sensealg, AutoAdjoint):
+        raise ValueError(
+            'sensealg=AutoAdjoint() chooses by measuring the autograd graph of the torch engine; backend="julia" '
+            "builds none. Pass DirectAdjoint(), InterpolatingAdjoint(), GaussAdjoint() or BacksolveAdjoint()"
         )
     opts = make_options(
         prob,
@@ -142,6 +164,8 @@ def solve(
         d_discontinuities=d_discontinuities,
         observers=observers,
         progress=progress,
+        compile=compile,
+        batch_axis=batch_axis,
     )
 
     user_prob = prob
@@ -153,15 +177,28 @@ def solve(
         prob = dataclasses.replace(prob, f=under_autocast(prob.f, *autocast))
 
     def run(options: SolveOptions) -> Solution:
+        if options.batch_axis is not None:  # each element steps on its own: integrate/per_sample.py
+            used = sensealg.choose_per_sample(prob, solver, options) if isinstance(sensealg, AutoAdjoint) else sensealg
+            sol = solve_per_sample(
+                used.chosen if isinstance(used, AutoAdjoint) else used, prob, solver, options, throw, backend, local
+            )
+            sol.sensealg = used
+            return sol
+        # AutoAdjoint becomes a concrete algorithm first: the routing below sees that one.
+        used = sensealg.choose(prob, solver, options) if isinstance(sensealg, AutoAdjoint) else sensealg
+        concrete = used.chosen if isinstance(used, AutoAdjoint) else used
         if backend == "julia":
             from .backends.julia._solve import solve_julia
 
             # What the user set explicitly: the Julia engine keeps SciML's defaults for the rest.
             given = dict(dtmin=dtmin, dtmax=dtmax, internalnorm=internalnorm, controller=controller, dense=dense)
-            return solve_julia(prob, solver, options, sensealg, throw=throw, given=given, regularize=regularize)
-        if options.events and not isinstance(sensealg, DirectAdjoint):
-            return solve_segments(sensealg, prob, solver, options, throw)
-        return sensealg.solve(prob, solver, options, throw=throw)
+            sol = solve_julia(prob, solver, options, concrete, throw=throw, given=given, regularize=regularize)
+        elif options.events and not isinstance(concrete, DirectAdjoint):
+            sol = solve_segments(concrete, prob, solver, options, throw)
+        else:
+            sol = concrete.solve(prob, solver, options, throw=throw)
+        sol.sensealg = used
+        return sol
 
     with no_autocast(device):
         sol = run(opts) if local is None else _locally_regularized(prob, opts, run, local, backend)

@@ -37,6 +37,49 @@ class AbstractController(abc.ABC):
         (accept it?, the size of the next attempt, the new state)."""
 
 
+class AbstractVectorizedController(AbstractController):
+    """A controller that can also decide for every element of a batch at once, on the device
+    (`solve(..., batch_axis=0)`): the same rule as `adapt`, elementwise with torch ops, so that
+    one element's decisions equal those of a solve of that element alone.
+    """
+
+    @abc.abstractmethod
+    def init_vectorized(self, error_order: int, like: torch.Tensor) -> Any:
+        """The state before the first step for a batch of elements; `like` is a (B,) tensor of
+        the time dtype and device."""
+
+    @abc.abstractmethod
+    def adapt_vectorized(
+        self, ratio: torch.Tensor, h: torch.Tensor, state: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """`adapt` for (B,) error ratios and step sizes h ≥ 0: (accepted (B,) bool, next step
+        sizes (B,), the new state). Elements the caller no longer steps may change state freely."""
+
+
+def _finite_or_one(ratio: torch.Tensor) -> torch.Tensor:
+    """The ratio where it is positive and finite, else 1: the base of the controllers' powers,
+    kept finite in the branches that do not use it."""
+    return torch.where((ratio > 0) & torch.isfinite(ratio), ratio, 1.0)
+
+
+def _powers(bases: list[torch.Tensor], exponents: list[float]) -> list[torch.Tensor]:
+    """base ** exponent for each pair of (B,) tensors and numbers, as one op, rounded on the CPU
+    exactly as Python's `**` (libm's pow) rounds the host floats of `adapt`.
+
+    TensorIterator runs a vectorized pow (SLEEF, within 1 ulp: about 1% of results differ from
+    libm's) on contiguous operands and libm's `pow` on strided ones, without special cases for
+    exponents ±0.5. Through a strided view an element's step sizes are bit for bit those of a
+    solve of that element alone; where the controller sits on a stability boundary, its step
+    sequence amplifies a 1-ulp difference until the two solves take different steps.
+    """
+    if bases[0].device.type != "cpu":  # no such difference to mirror; and no host tensor per step
+        return [b**p for b, p in zip(bases, exponents)]
+    base = bases[0].new_empty((len(bases), bases[0].shape[0], 2))[..., 0]
+    base.copy_(torch.stack(bases))
+    exponent = torch.tensor(exponents, dtype=base.dtype).unsqueeze(1).expand_as(base)
+    return list(torch.pow(base, exponent).unbind(0))
+
+
 def _check_factors(name: str, safety: float, factor_min: float, factor_max: float) -> None:
     if not 0 < safety <= 1:
         raise ValueError(f"{name}: safety must be in (0, 1]; got {safety}")
@@ -47,7 +90,7 @@ def _check_factors(name: str, safety: float, factor_min: float, factor_max: floa
 
 
 @dataclass(frozen=True)
-class PIController(AbstractController):
+class PIController(AbstractVectorizedController):
     """Proportional–integral step-size controller (Gustafsson 1991; Hairer & Wanner, Solving
     ODEs II, §IV.2), with the gains of Hairer's DOPRI5.
 
@@ -120,9 +163,34 @@ class PIController(AbstractController):
             return True, h * factor, (gains, max(ratio, 1e-4), startup)
         return True, h * self.factor(ratio, prev_ratio, gains, accepted=True), (gains, max(ratio, 1e-4), None)
 
+    def init_vectorized(self, error_order: int, like: torch.Tensor) -> tuple:
+        """(gains, the start-up exponent 1/k, previous ratios (B,), in start-up (B,) bool)."""
+        starting = torch.full_like(like, self.startup is not None, dtype=torch.bool)
+        return self.gains(error_order), 1.0 / (error_order + 1), torch.full_like(like, 1e-4), starting
+
+    def adapt_vectorized(self, ratio: torch.Tensor, h: torch.Tensor, state: tuple) -> tuple:
+        (beta1, beta2), exponent, prev_ratio, starting = state
+        accepted = ratio <= 1.0  # NaN: False
+        zero = ratio == 0.0
+        base = _finite_or_one(ratio)
+        if self.startup is not None:
+            powered, previous, powered_startup = _powers([base, prev_ratio, base], [-beta1, beta2, -exponent])
+        else:
+            powered, previous = _powers([base, prev_ratio], [-beta1, beta2])
+        proportional = self.safety * powered
+        rejected = torch.where(torch.isfinite(ratio), proportional.clamp(self.factor_min, 1.0), self.factor_min)
+        factor = (proportional * previous).clamp(self.factor_min, self.factor_max)
+        if self.startup is not None:
+            starting = starting & (ratio < self.startup)  # also ends at a rejection (ratio > 1)
+            integral = (self.safety * powered_startup).clamp(1.0, self.factor_max)
+            factor = torch.where(starting, integral, factor)
+        factor = torch.where(accepted, torch.where(zero, self.factor_max, factor), rejected)
+        prev_ratio = torch.where(accepted, ratio.clamp_min(1e-4), prev_ratio)
+        return accepted, h * factor, ((beta1, beta2), exponent, prev_ratio, starting)
+
 
 @dataclass(frozen=True)
-class IController(AbstractController):
+class IController(AbstractVectorizedController):
     """The integral controller as torchdiffeq has it (`_optimal_step_size`):
 
         h_new = h · clamp(safety · E^(-1/k), lo, factor_max),   k = error order + 1,
@@ -154,6 +222,18 @@ class IController(AbstractController):
             return False, h * self.factor_min, state
         lo = 1.0 if ratio < 1.0 else self.factor_min  # torchdiffeq's boundary: E = 1 may shrink
         return accepted, h * min(self.factor_max, max(self.safety / ratio**state, lo)), state
+
+    def init_vectorized(self, error_order: int, like: torch.Tensor) -> float:
+        return self.init(error_order)
+
+    def adapt_vectorized(self, ratio: torch.Tensor, h: torch.Tensor, state: float) -> tuple:
+        finite = torch.isfinite(ratio)
+        lo = torch.full_like(ratio, self.factor_min).masked_fill_(ratio < 1.0, 1.0)
+        (powered,) = _powers([_finite_or_one(ratio)], [state])
+        # A tensor numerator: `number / tensor` multiplies by the reciprocal, rounding twice.
+        factor = torch.maximum(torch.full_like(powered, self.safety) / powered, lo).clamp_max(self.factor_max)
+        factor = torch.where(ratio == 0.0, self.factor_max, torch.where(finite, factor, self.factor_min))
+        return ratio <= 1.0, h * factor, state
 
 
 @dataclass(frozen=True)
@@ -253,3 +333,35 @@ def initial_step(
     else:
         h1 = (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
     return min(100 * h0, h1)
+
+
+def initial_steps(
+    f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    t0: float,
+    y0: torch.Tensor,
+    f0: torch.Tensor,
+    direction: float,
+    order: int,
+    rtol: float | torch.Tensor,
+    atol: float | torch.Tensor,
+    norm: Callable[[torch.Tensor], torch.Tensor],
+    time_dtype: torch.dtype,
+) -> torch.Tensor:
+    """`initial_step` for each row of a batch (B, n) at once, on the device: f takes times (B,)
+    in `time_dtype` and `norm` maps (B, n) to (B,). One (batched) evaluation of f.
+
+    Returns the magnitudes |h0| (B,) in `time_dtype`; NaN where a row is not finite.
+    """
+    with torch.no_grad():
+        scale = y0.abs().mul_(rtol).add_(atol)
+        d0 = norm(y0 / scale).to(time_dtype)
+        d1 = norm(f0 / scale).to(time_dtype)
+        h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1)
+        step = (direction * h0).to(y0.dtype).unsqueeze(-1)
+        f1 = f(t0 + direction * h0, torch.addcmul(y0, f0, step))
+        d2 = norm((f1 - f0) / scale).to(time_dtype) / h0
+        largest = torch.maximum(d1, d2)
+        (powered,) = _powers([torch.full_like(largest, 0.01) / largest], [1.0 / (order + 1)])
+        h1 = torch.where(largest <= 1e-15, (h0 * 1e-3).clamp_min(1e-6), powered)
+        finite = torch.isfinite(d0) & torch.isfinite(d1) & torch.isfinite(d2)
+        return torch.where(finite, torch.minimum(100 * h0, h1), torch.nan)

@@ -11,6 +11,7 @@ nothing from `sensitivity/`, `backends/` or `solve.py`.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, Sequence
 
 import torch
@@ -19,6 +20,7 @@ from ..problem import ODEProblem, ReturnCode, Solution, SolveError, Stats
 from ..regularizers import Accumulator
 from ..solvers.base import AbstractSolver, AbstractStepper, DenseStepper, StepResult, StepStatus
 from ..step_control import initial_step
+from .compiled import compiled_stepper
 from .events import EventHandler
 from .options import EPS, SolveOptions, time_span
 from .progress import ProgressBar
@@ -160,6 +162,33 @@ class _Loop:
         # Computed with the graph when an observer reads it (the error regularizer), even under
         # no_grad: the estimate is then its value.
         self.ratio_on_graph = any(o.wants_error_graph for o in watching)
+        if opts.compile is not None:
+            self._compile(prob)
+
+    def _compile(self, prob: ODEProblem) -> None:
+        """Swap in the compiled stepper (`compiled.py`); events keep the eager steps, whose f
+        they wrap."""
+        if self.events is not None:
+            warnings.warn("compile=True: solves with events step eagerly", RuntimeWarning, stacklevel=4)
+            return
+        opts = self.opts
+        self.stepper = compiled_stepper(
+            self.stepper,
+            self.solver,
+            prob.f,
+            self.layout,
+            self.norm,
+            opts.internalnorm,
+            opts.compile,
+            opts.rtol,
+            opts.atol,
+            opts.adaptive,
+            self.ratio_on_graph,
+            opts.regularize is not None,
+            opts.time_dtype,
+            self.stats,
+            lambda: self.field.jump is not None,  # stages at a discontinuity see the time before it
+        )
 
     def run(self) -> None:
         opts, stats, direction = self.opts, self.stats, self.direction

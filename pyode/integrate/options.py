@@ -16,6 +16,7 @@ from ..regularizers import check as check_regularization
 from ..solvers.base import AbstractSolver
 from ..solvers.reversible import AbstractReversibleSolver
 from ..step_control import AbstractController, PIController
+from .compiled import compile_options
 from .events import check_events
 from .progress import check_progress
 from .record import Observer
@@ -50,6 +51,9 @@ class SolveOptions:
     observers: tuple = ()  # of integrate.record.Observer
     progress: bool = False
     discontinuities: frozenset[float] = frozenset()  # tstops where f jumps: torchdiffeq's perturb there
+    batch_axis: int | None = None  # 0: each element of dim 0 steps on its own (`integrate/per_sample.py`)
+    saveat_batch: torch.Tensor | None = None  # per-element save times (B, T), with batch_axis=0
+    compile: tuple | None = None  # torch.compile's keywords for the compiled step; None: eager
 
 
 def _times(
@@ -149,6 +153,50 @@ def _positive(value: Any, name: str, allow_zero: bool = False) -> float:
     return value
 
 
+def _check_batch_axis(batch_axis: Any, y0: Any, saveat: Any, t0: float, t1: float) -> torch.Tensor | None:
+    """Validate `batch_axis` against the state. Returns per-element save times (B, T) when
+    `saveat` is a 2-D tensor (each row checked as `_times` checks one), else None."""
+    if batch_axis is None:
+        if isinstance(saveat, torch.Tensor) and saveat.dim() == 2:
+            raise ValueError(
+                f"saveat must be a 1-D tensor of times; got shape {tuple(saveat.shape)} (one row of save times "
+                "per element, (B, T), needs batch_axis=0)"
+            )
+        return None
+    if isinstance(batch_axis, bool) or not isinstance(batch_axis, int) or batch_axis != 0:
+        raise ValueError(
+            f"batch_axis must be 0 (the batch on the leading dimension of y0) or None; got {batch_axis!r}. "
+            "Move the batch to dim 0 first, e.g. y0.movedim(axis, 0)"
+        )
+    if isinstance(y0, tuple):
+        raise ValueError("batch_axis=0 needs y0 to be one tensor of shape (B, ...); got a tuple state")
+    if y0.dim() < 1 or y0.shape[0] == 0 or y0[0].numel() == 0:
+        raise ValueError(
+            f"batch_axis=0 needs y0 of shape (B, ...) with B ≥ 1 and non-empty elements; got {tuple(y0.shape)}"
+        )
+    if not (isinstance(saveat, torch.Tensor) and saveat.dim() == 2):
+        return None
+    if saveat.shape[0] != y0.shape[0] or saveat.shape[1] == 0:
+        raise ValueError(
+            f"saveat of shape {tuple(saveat.shape)}: per-element save times need shape (B, T) with B = "
+            f"{y0.shape[0]} (y0's batch) and T ≥ 1"
+        )
+    if not saveat.is_floating_point():
+        raise TypeError(f"saveat must be a real floating-point tensor; got dtype {saveat.dtype}")
+    values = saveat.detach().to(device="cpu", dtype=torch.float64)
+    direction = 1.0 if t1 >= t0 else -1.0
+    bad = ~torch.isfinite(values) | (values < min(t0, t1)) | (values > max(t0, t1))
+    bad[:, 1:] |= direction * values.diff(dim=1) <= 0
+    if bool(bad.any()):
+        i, k = (int(x) for x in bad.nonzero()[0])
+        word = "increasing" if direction > 0 else "decreasing (t1 < t0 integrates backward)"
+        raise ValueError(
+            f"saveat[{i}, {k}] = {float(values[i, k])}: each row of save times must be finite, inside tspan "
+            f"({t0}, {t1}) and strictly {word}"
+        )
+    return saveat
+
+
 def make_options(
     prob: ODEProblem,
     solver: AbstractSolver,
@@ -171,6 +219,8 @@ def make_options(
     observers: Any = (),
     progress: bool = False,
     d_discontinuities: Any = None,
+    batch_axis: int | None = None,
+    compile: Any = False,
 ) -> SolveOptions:
     """Validate `solve`'s keywords against the problem and the solver."""
     if not isinstance(prob, ODEProblem):
@@ -222,7 +272,11 @@ def make_options(
         dtmin = 16 * EPS * max(abs(t0), abs(t1), span, 1e-300)
     else:
         dtmin = _positive(dtmin, "dtmin", allow_zero=True)
-    saves, saves_tensor = (None, None) if saveat is None else _times(saveat, "saveat", t0, t1)
+    saves_batch = _check_batch_axis(batch_axis, prob.y0, saveat, t0, t1)
+    if saves_batch is not None:
+        saves, saves_tensor = None, None
+    else:
+        saves, saves_tensor = (None, None) if saveat is None else _times(saveat, "saveat", t0, t1)
     stops = _stop_times(tstops, "tstops", t0, t1)
     jumps = _stop_times(d_discontinuities, "d_discontinuities", t0, t1)
     if jumps:
@@ -283,4 +337,7 @@ def make_options(
         observers=tuple(observers),
         progress=progress,
         discontinuities=frozenset(jumps),
+        batch_axis=batch_axis,
+        saveat_batch=saves_batch,
+        compile=compile_options(compile),
     )

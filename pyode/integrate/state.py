@@ -4,6 +4,7 @@ along the flow."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import torch
@@ -57,8 +58,11 @@ class StateLayout:
             return norm
         return lambda flat: norm(self.unflatten(flat))
 
-    def call(self, f: Callable, t: float, y: torch.Tensor) -> torch.Tensor:
-        """f(t, y) on flat states: t as a 0-d tensor of y's dtype, the output checked and flattened."""
+    def call(self, f: Callable, t: float | torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """f(t, y) on flat states: t as a 0-d tensor of y's dtype, the output checked and flattened.
+        (t arrives as a tensor already inside a compiled step.)"""
+        if isinstance(t, torch.Tensor):
+            return self.derivative(f(t.to(dtype=y.dtype, device=y.device), self.unflatten(y)), math.nan)
         return self.derivative(f(torch.scalar_tensor(t, dtype=y.dtype, device=y.device), self.unflatten(y)), t)
 
     def call_at(self, f: Callable, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -69,7 +69,7 @@ def backward_options(
     opts = record.opts
     solver = sensealg.solver or record.solver
     prob = ODEProblem(lambda t, y: y, torch.zeros(1), (t_from, t_to))
-    common = dict(saveat=[t_to], internalnorm=norm, max_steps=opts.max_steps, dense=False)
+    common = dict(saveat=[t_to], internalnorm=norm, max_steps=opts.max_steps, dense=False, compile=opts.compile)
     if opts.adaptive and solver.adaptive:
         # Per-element tolerances are the forward state's; the adjoint state takes the tightest.
         rtol = _tightest(sensealg.rtol if sensealg.rtol is not None else opts.rtol)
@@ -120,7 +120,7 @@ def state_and_adjoint(vf: VectorField) -> Callable:
         fz, vjp_z, _ = vf.vjp(t, z, -a, wrt_params=False)
         return fz, vjp_z
 
-    return augmented
+    return vf.counted(augmented)
 
 
 def adjoint_norm(sensealg: AbstractAdjoint, n_groups: int, keep: int) -> Norm:

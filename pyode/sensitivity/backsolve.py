@@ -59,7 +59,9 @@ class BacksolveAdjoint(AbstractAdjoint):
             nonlocal a_theta, dt
             # z restarts from the forward solution at each save point, as torchdiffeq does.
             state = (record.ys[k], a, a_theta)
-            (_, a, a_theta), dt = solve_backward(self, record, augmented, state, t_from, t_to, dt, norm, stats)
+            (_, a, a_theta), dt = solve_backward(
+                self, record, vf.counted(augmented), state, t_from, t_to, dt, norm, stats
+            )
             return a
 
         a = sweep(record, grad_ys, interval)

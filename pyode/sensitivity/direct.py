@@ -147,6 +147,7 @@ def _checkpointed(prob: ODEProblem, solver: AbstractSolver, opts: SolveOptions, 
                 max_steps=opts.max_steps + 1,
                 dense=False,
                 time_dtype=opts.time_dtype,
+                compile=opts.compile,
             )
             replay = integrate(part, solver, part_opts, throw=True)
             replay_nfe.append(replay.stats.nfe)

@@ -72,7 +72,9 @@ class InterpolatingAdjoint(AbstractAdjoint):
                 _, vjp_z, vjp_theta = vf.vjp(t, state_at(t), -a)
                 return vjp_z, vjp_theta
 
-            (a, a_theta), dt = solve_backward(self, record, augmented, (a, a_theta), t_from, t_to, dt, norm, stats)
+            (a, a_theta), dt = solve_backward(
+                self, record, vf.counted(augmented), (a, a_theta), t_from, t_to, dt, norm, stats
+            )
             return a
 
         a = sweep(record, grad_ys, interval)
@@ -97,6 +99,7 @@ def _recompute(record: ForwardRecord, start: torch.Tensor, t_from: float, t_to: 
         controller=opts.controller,
         max_steps=opts.max_steps,
         dense=True,
+        compile=opts.compile,
     )
     with torch.no_grad():
         sol = integrate(prob, record.solver, interval_opts, throw=True)

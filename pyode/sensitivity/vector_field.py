@@ -3,7 +3,7 @@ the parameters listed are all the tensors f differentiates through."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -22,7 +22,7 @@ class VectorField:
         self.stats = stats
 
     def __call__(self, t: float, y: torch.Tensor) -> torch.Tensor:
-        self.stats.nfe += 1
+        self.count()
         with torch.no_grad():
             return self.layout.call(self.f, t, y)
 
@@ -31,7 +31,7 @@ class VectorField:
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """(f(t, y), cotangent·∂f/∂y or None, cotangent·∂f/∂θ flat or None): one evaluation of
         f and one backward pass through it, for the inputs asked for."""
-        self.stats.nfe += 1
+        self.count()
         params = self.params if wrt_params else ()
         with torch.enable_grad():
             y_ = y.detach().requires_grad_(wrt_y)
@@ -49,6 +49,18 @@ class VectorField:
             grad_y = grads[0] if grads[0] is not None else torch.zeros_like(y)
             grads = grads[1:]
         return out.detach(), grad_y, (self.flat_params(grads, y) if wrt_params else None)
+
+    def count(self) -> None:
+        # Inside a compiled step the count would become a guard on its value (a recompilation
+        # per step); the compiled stepper counts those evaluations instead (`counted`).
+        if not torch.compiler.is_compiling():
+            self.stats.nfe += 1
+
+    def counted(self, field: Callable) -> Callable:
+        """Mark an adjoint vector field built on this f: a compiled step adds its evaluations
+        of it to this count."""
+        field.nfe_counter = self.stats
+        return field
 
     def flat_params(self, grads: Sequence[torch.Tensor | None], like: torch.Tensor) -> torch.Tensor:
         """Gradients for `params` (None where a parameter was unused) as one flat vector."""

@@ -47,6 +47,8 @@ class StepResult(NamedTuple):
     error: torch.Tensor | None = None
     inner: StepResult | None = None
     status: StepStatus = StepStatus.SUCCESS
+    ratio: torch.Tensor | None = None  # the error ratio, when the step computed it (a compiled step)
+    dense: torch.Tensor | None = None  # the dense coefficients, when the step computed them
 
 
 class AbstractStepper(abc.ABC):

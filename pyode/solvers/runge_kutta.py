@@ -65,6 +65,8 @@ class RKStepper(DenseStepper):
         return StepResult(t, h, y, y1, stages=stages, stage_inputs=(y_prev, yi))
 
     def error_ratio(self, step: StepResult, rtol: float, atol: float, norm: Callable) -> torch.Tensor:
+        if step.ratio is not None:
+            return step.ratio
         # err_j = h Σ_i e_ij k_i for each estimate j; h is pulled out of the norm (norms are
         # homogeneous), which saves an operation on the whole state.
         scale = torch.maximum(step.y0.abs(), step.y1.abs()).mul_(rtol).add_(atol)
@@ -80,6 +82,8 @@ class RKStepper(DenseStepper):
         return self.interpolant_weights is None or bool(self.dense_stages)
 
     def dense(self, step: StepResult, f1: torch.Tensor | None) -> torch.Tensor:
+        if step.dense is not None:
+            return step.dense
         if self.interpolant_weights is None:
             return interpolation.hermite_coefficients(step.y0, step.y1, step.stages[0], f1, step.h)
         stages = step.stages
