@@ -103,9 +103,11 @@ def solve(
             (per-sample step sizes). f then gets t of shape (B,), each element's own time; saveat
             may be (T,) shared or (B, T) per element; `sol.y` is (T, B, ...) and
             `sol.stats.per_element` holds each element's counts and retcode. Explicit Runge–Kutta
-            solvers, PI/I controllers, DirectAdjoint or GaussAdjoint. See docs/per-sample.md.
+            solvers, PI/I controllers, DirectAdjoint, GaussAdjoint (per element) or AutoAdjoint.
+            See docs/per-sample.md.
         sensealg: how gradients flow back through the solve; `DirectAdjoint()` by default
-            (`ReversibleAdjoint()` for reversible solvers).
+            (`ReversibleAdjoint()` for reversible solvers); `AutoAdjoint()` chooses for you, and
+            `sol.sensealg` then says what it chose and why.
             See `pyode/sensitivity/README.md` for when to choose which.
         throw: raise `SolveError` on failure; if False, return the partial solution, whose
             `retcode` says what went wrong.
