@@ -191,7 +191,13 @@ class _PerSampleLoop:
             self.h_abs = torch.where(active, torch.where(accepted, h_next.clamp_max(opts.dtmax), h_next), self.h_abs)
             self.code = torch.where(failed, torch.where(torch.isfinite(ratio), _DT_LESS_THAN_MIN, _UNSTABLE), self.code)
         else:
-            accept = active
+            # Fixed steps have no error test: an element whose step blew up fails there, and its
+            # state stays the last finite one, so that in the batched calls of f it rides along
+            # with (and its guarded stage inputs fall back to) finite values, and NaN reaches no
+            # other element's gradient.
+            finite = torch.isfinite(y1).all(dim=1)
+            accept = active & finite
+            self.code = torch.where(active & ~finite, _UNSTABLE, self.code)
         t, y, k1 = self.t, self.y, self.k1
         column = accept.unsqueeze(1)
         self.t = torch.where(accept, t_new, t)
@@ -241,10 +247,6 @@ class _PerSampleLoop:
                 self.nfe.add_(wants, alpha=len(stepper.dense_stages))
         if width:
             saves.save_step(width, passed, t, h, y, r, self.t, self.y, end_exact=not self.saves_grad)
-            if not opts.adaptive:  # fixed steps have no error test: a save point that blew up fails
-                blown = accept & ~torch.isfinite(saves.values[-1].view(self.B, -1)).all(dim=1)
-                self.code = torch.where(blown & running, _UNSTABLE, self.code)
-                running = running & ~blown
         if n_accepted and self.dense is not None:
             self.dense.append(t, h, y, r, accept)
         if n_accepted and self.on_step is not None:

@@ -122,11 +122,16 @@ class AutoAdjoint(AbstractSensitivityAlgorithm):
     adds and the bytes shared by all steps. The expected number of steps extrapolates the probe
     to the end of the span with its last step size, scaled by 1000^(1/(q+1)) for an error
     estimate of order q (steps grow as tol^(-1/(q+1))); on benchmarks/core.py-style neural ODEs
-    this came within 1.1–2.7x of the real count (1.5x typically), never below it, and the
-    whole estimate within 1.1–1.8x of the graph DirectAdjoint then recorded. Fixed steps are
+    this came within 1.1–2.7x of the real count (1.5x typically), and the whole estimate within
+    1.1–1.8x of the graph DirectAdjoint then recorded. It can err low: dynamics that speed up
+    after the probe's first steps (a late transient) take more steps than the probe's pace
+    predicts (4.7x more in one such test), so a budget is a guide, not a guarantee. The
+    budget's default (the memory free now) can also change between solves, and with it the
+    choice. Fixed steps are
     counted exactly. The probe costs 3 recorded steps (plus one evaluation of f to check
     `prob.params` when an adjoint is considered): a few percent of a training step on long
-    solves, up to a third on solves of a handful of steps. Its graph is freed before the solve.
+    solves, up to a third on solves of a handful of steps. Its graph is freed before the solve; it
+    runs f, so it draws from the random generator (dropout) and updates BatchNorm's statistics.
     To skip it in a training loop, pass `sol.sensealg.chosen` on later iterations.
 
     After the solve, `sol.sensealg` is this AutoAdjoint with `chosen` (the concrete algorithm
@@ -160,6 +165,12 @@ class AutoAdjoint(AbstractSensitivityAlgorithm):
                 f"AutoAdjoint: memory_budget must be a number of bytes (or None for half the free memory); "
                 f"got {type(budget).__name__} {budget!r}"
             )
+        try:
+            float(budget)
+        except OverflowError:
+            raise ValueError(
+                f"AutoAdjoint: memory_budget={budget} does not fit a float; pass math.inf for no limit"
+            ) from None
         if math.isnan(budget) or budget < 0:
             raise ValueError(f"AutoAdjoint: memory_budget must be a non-negative number of bytes; got {budget!r}")
 
@@ -235,13 +246,47 @@ class AutoAdjoint(AbstractSensitivityAlgorithm):
 
     def choose_per_sample(self, prob: ODEProblem, solver: AbstractSolver, opts: SolveOptions) -> AutoAdjoint:
         """The choice for a per-sample solve (`batch_axis=0`), which DirectAdjoint and
-        GaussAdjoint differentiate: the joint solve's choice, with GaussAdjoint for any adjoint.
-        (The probe steps the batch jointly: f sees one time for all elements.)"""
-        joint = self.choose(prob, solver, dataclasses.replace(opts, batch_axis=None))
-        if isinstance(joint.chosen, DirectAdjoint):
-            return joint
-        reason = f"{joint.reason}; with batch_axis=0 the adjoint per element is GaussAdjoint"
-        return self._resolved(GaussAdjoint(), reason, joint.estimate)
+        GaussAdjoint differentiate: DirectAdjoint when the per-sample loop's graph, measured by
+        probing that loop, fits the budget; else GaussAdjoint (per element), or DirectAdjoint
+        with a warning where GaussAdjoint does not apply (per-element saveat, tensors f uses
+        outside `prob.params`)."""
+        if not torch.is_grad_enabled():
+            reason = (
+                "gradients are off (torch.no_grad() or inference mode), so DirectAdjoint is the plain forward solve"
+            )
+            return self._resolved(DirectAdjoint(), reason, None)
+        if self.memory_budget == math.inf:
+            return self._resolved(DirectAdjoint(), "memory_budget is unlimited: DirectAdjoint, the fastest", None)
+        layout = StateLayout(prob.y0)
+        budget, source = (
+            (float(self.memory_budget), "given") if self.memory_budget is not None else _default_budget(layout.device)
+        )
+        estimate = _measure_per_sample(prob, solver, opts, budget, source)
+        if estimate is None:
+            reason = "nothing the solve reads requires grad, so DirectAdjoint is the plain forward solve"
+            return self._resolved(DirectAdjoint(), reason, None)
+        graph = (
+            f"the per-sample loop's recorded graph (≈ {_size(estimate.graph)}: {estimate.steps:.0f} batched steps × "
+            f"{_size(estimate.per_step)} + {_size(estimate.shared)})"
+        )
+        limit = f"the memory budget of {_size(budget)} ({source})"
+        if estimate.graph <= budget:
+            return self._resolved(DirectAdjoint(), f"{graph} fits {limit}: DirectAdjoint, the fastest", estimate)
+        over = f"{graph} exceeds {limit}"
+        if opts.saveat_batch is not None:
+            only_direct = "GaussAdjoint per element needs save times shared by the batch"
+        else:
+            batch = prob.y0.shape[0]
+            joint_f = dataclasses.replace(prob, f=lambda t, y: prob.f(t.expand(batch), y))  # f reads (B,) times
+            nfe = Stats()
+            only_direct = _closure_problem(joint_f, layout, layout.flatten(prob.y0), time_span(prob)[0], nfe)
+            estimate = dataclasses.replace(estimate, nfe=estimate.nfe + nfe.nfe)
+        if only_direct is not None:
+            reason = f"{over}, but DirectAdjoint is chosen anyway: {only_direct}"
+            warnings.warn(f"AutoAdjoint: {reason}", UserWarning, stacklevel=4)
+            return self._resolved(DirectAdjoint(), reason, estimate)
+        reason = f"{over}: with batch_axis=0 the adjoint per element is GaussAdjoint, memory independent of the steps"
+        return self._resolved(GaussAdjoint(), reason, estimate)
 
     def _resolved(
         self, chosen: AbstractSensitivityAlgorithm, reason: str, estimate: MemoryEstimate | None
@@ -275,7 +320,10 @@ class SavedBytes:
 
     def hooks(self) -> torch.autograd.graph.saved_tensors_hooks:
         def pack(tensor: torch.Tensor) -> _Held:
-            held = _Held(tensor)
+            # Detached: a tensor an operation saved of its own output (tanh's) has that operation
+            # as its grad_fn, which would hold this record, which would hold the tensor: a cycle
+            # through C++ that Python's gc cannot free, keeping the probe's graph alive.
+            held = _Held(tensor.detach())
             self._live.add(held)
             return held
 
@@ -379,6 +427,67 @@ def _measure(
         shared=float(meter.start_bytes),
         interval=float(math.ceil(steps * longest) * rows * state_bytes),
         intervals=intervals,
+        params=sum(p.numel() for p in prob.params if p.requires_grad),
+        state=layout.numel,
+        nfe=probe.stats.nfe,
+    )
+
+
+def _measure_per_sample(
+    prob: ODEProblem, solver: AbstractSolver, opts: SolveOptions, budget: float, source: str
+) -> MemoryEstimate | None:
+    """`_measure` for the per-sample loop: a few batched steps under autograd at loosened
+    tolerances; the loop then runs until its slowest element ends, each batched step recording
+    every row, so the graph is priced at the slowest element's estimated steps."""
+    from ..integrate.per_sample import integrate_per_sample
+
+    layout = StateLayout(prob.y0)
+    t1 = time_span(prob)[1]
+    rtol = float(torch.as_tensor(opts.rtol).max())
+    loosen = max(1.0, min(PROBE_LOOSEN, PROBE_LOOSEST_RTOL / rtol)) if opts.adaptive and rtol > 0 else 1.0
+    probe_opts = dataclasses.replace(
+        opts, rtol=opts.rtol * loosen, atol=opts.atol * loosen, max_steps=min(PROBE_STEPS, opts.max_steps)
+    )
+    saved = SavedBytes()
+    sizes: list[int] = []
+    records_graph = False
+
+    def on_step(t, h, y, r, accepted) -> None:
+        nonlocal records_graph
+        sizes.append(saved.total())
+        records_graph |= y.requires_grad
+
+    start = 0.0
+    with saved.hooks():
+        probe = integrate_per_sample(prob, solver, probe_opts, throw=False, on_step=on_step)
+        end_bytes = saved.total()
+    times = [t for t in prob.tspan if isinstance(t, torch.Tensor)]
+    times_want_grad = opts.saveat_tensor is not None or any(t.requires_grad for t in times)
+    if not (records_graph or not sizes or times_want_grad):
+        return None
+    element = probe.stats.per_element
+    steps = element.naccept.to(torch.float64)
+    remaining = (t1 - element.t.to(torch.float64)).abs()
+    h = torch.as_tensor(probe.dt_next, dtype=torch.float64).abs()
+    more = torch.where((remaining > 0) & (h > 0), torch.ceil(remaining / h.clamp_min(1e-300)), 0.0)
+    steps = float((steps + more).max())
+    if loosen > 1:
+        steps *= loosen ** (1.0 / ((solver.error_order or 1) + 1))
+    steps = max(steps, 1.0)
+    if len(sizes) >= 2:  # the growth from the first recorded step on, and what came before it
+        per_step = (sizes[-1] - sizes[0]) / (len(sizes) - 1)
+        start = max(0.0, sizes[0] - per_step)
+    else:  # priced conservatively high: everything the probe recorded, per step
+        per_step = float(end_bytes)
+    return MemoryEstimate(
+        graph=start + steps * per_step,
+        budget=budget,
+        budget_source=source,
+        steps=steps,
+        per_step=per_step,
+        shared=float(start),
+        interval=0.0,
+        intervals=1,
         params=sum(p.numel() for p in prob.params if p.requires_grad),
         state=layout.numel,
         nfe=probe.stats.nfe,
