@@ -38,6 +38,10 @@ class SaveBuffer:
         self.like = like  # (B, n): dtype, device and width of the outputs
         self.slots: list[torch.Tensor] = []  # flat indices into the (T·B + 1) outputs; T·B is a sink
         self.values: list[torch.Tensor] = []
+        # Unrecorded, the values go straight into the outputs; recorded, they are kept and
+        # scattered once at the end (one node, rather than a copy of the outputs per step).
+        n = like.shape[1]
+        self.out = None if torch.is_grad_enabled() else like.new_full((self.T * self.B + 1, n), torch.nan)
         self.next = torch.zeros(self.B, dtype=torch.long, device=times.device)  # each element's next save
 
     def _key(self, t: torch.Tensor) -> torch.Tensor:
@@ -53,9 +57,15 @@ class SaveBuffer:
 
     def save_start(self, y0: torch.Tensor, at_t0: torch.Tensor) -> None:
         """The save points at t0 (only a row's first can be), with values y0 (B, n)."""
-        self.slots.append(torch.where(at_t0, self.rows, self.T * self.B))
-        self.values.append(y0)
+        self._put(torch.where(at_t0, self.rows, self.T * self.B), y0)
         self.next = at_t0.long()
+
+    def _put(self, slots: torch.Tensor, values: torch.Tensor) -> None:
+        if self.out is not None:
+            self.out.index_put_((slots,), values)
+        else:
+            self.slots.append(slots)
+            self.values.append(values)
 
     def save_step(
         self,
@@ -87,15 +97,18 @@ class SaveBuffer:
         if end_exact and r is not None:
             ends = valid & (s.detach() == t_new.unsqueeze(1))
             values = torch.where(ends.unsqueeze(-1), y1.unsqueeze(1), values)
-        self.slots.append(torch.where(valid, index * B + self.rows.unsqueeze(1), T * B).reshape(-1))
-        self.values.append(values.reshape(B * width, -1))
+        self._put(
+            torch.where(valid, index * B + self.rows.unsqueeze(1), T * B).reshape(-1), values.reshape(B * width, -1)
+        )
         self.next = passed
 
     def result(self) -> torch.Tensor:
         """(T, B, n): the save points, NaN where an element never reached them."""
         n = self.like.shape[1]
-        out = self.like.new_full((self.T * self.B + 1, n), torch.nan)
-        out = out.index_put((torch.cat(self.slots),), torch.cat(self.values))
+        out = self.out
+        if out is None:
+            out = self.like.new_full((self.T * self.B + 1, n), torch.nan)
+            out = out.index_put((torch.cat(self.slots),), torch.cat(self.values))
         return out[: self.T * self.B].view(self.T, self.B, n)
 
 
