@@ -9,7 +9,7 @@ import numbers
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -176,30 +176,12 @@ class AutoAdjoint(AbstractSensitivityAlgorithm):
 
     def choose(self, prob: ODEProblem, solver: AbstractSolver, opts: SolveOptions) -> AutoAdjoint:
         """This AutoAdjoint with `chosen`, `reason` and `estimate` filled in for this solve."""
-        if not torch.is_grad_enabled():
-            reason = (
-                "gradients are off (torch.no_grad() or inference mode), so DirectAdjoint is the plain forward solve"
-            )
-            return self._resolved(DirectAdjoint(), reason, None)
-        if self.memory_budget == math.inf:
-            return self._resolved(DirectAdjoint(), "memory_budget is unlimited: DirectAdjoint, the fastest", None)
+        outcome = self._measured(prob, solver, opts, _measure, "the recorded graph", "steps")
+        if isinstance(outcome, AutoAdjoint):
+            return outcome
+        estimate, over, budget = outcome
         layout = StateLayout(prob.y0)
-        budget, source = (
-            (float(self.memory_budget), "given") if self.memory_budget is not None else _default_budget(layout.device)
-        )
-        estimate = _measure(prob, solver, opts, budget, source)
-        if estimate is None:
-            reason = "nothing the solve reads requires grad, so DirectAdjoint is the plain forward solve"
-            return self._resolved(DirectAdjoint(), reason, None)
         params = estimate.params
-        graph = (
-            f"the recorded graph (≈ {_size(estimate.graph)}: {estimate.steps:.0f} steps × "
-            f"{_size(estimate.per_step)} + {_size(estimate.shared)})"
-        )
-        limit = f"the memory budget of {_size(budget)} ({source})"
-        if estimate.graph <= budget:
-            return self._resolved(DirectAdjoint(), f"{graph} fits {limit}: DirectAdjoint, the fastest", estimate)
-        over = f"{graph} exceeds {limit}"
         only_direct = None
         if opts.regularize is not None:
             only_direct = (
@@ -250,29 +232,13 @@ class AutoAdjoint(AbstractSensitivityAlgorithm):
         probing that loop, fits the budget; else GaussAdjoint (per element), or DirectAdjoint
         with a warning where GaussAdjoint does not apply (per-element saveat, tensors f uses
         outside `prob.params`)."""
-        if not torch.is_grad_enabled():
-            reason = (
-                "gradients are off (torch.no_grad() or inference mode), so DirectAdjoint is the plain forward solve"
-            )
-            return self._resolved(DirectAdjoint(), reason, None)
-        if self.memory_budget == math.inf:
-            return self._resolved(DirectAdjoint(), "memory_budget is unlimited: DirectAdjoint, the fastest", None)
+        outcome = self._measured(
+            prob, solver, opts, _measure_per_sample, "the per-sample loop's recorded graph", "batched steps"
+        )
+        if isinstance(outcome, AutoAdjoint):
+            return outcome
+        estimate, over, _ = outcome
         layout = StateLayout(prob.y0)
-        budget, source = (
-            (float(self.memory_budget), "given") if self.memory_budget is not None else _default_budget(layout.device)
-        )
-        estimate = _measure_per_sample(prob, solver, opts, budget, source)
-        if estimate is None:
-            reason = "nothing the solve reads requires grad, so DirectAdjoint is the plain forward solve"
-            return self._resolved(DirectAdjoint(), reason, None)
-        graph = (
-            f"the per-sample loop's recorded graph (≈ {_size(estimate.graph)}: {estimate.steps:.0f} batched steps × "
-            f"{_size(estimate.per_step)} + {_size(estimate.shared)})"
-        )
-        limit = f"the memory budget of {_size(budget)} ({source})"
-        if estimate.graph <= budget:
-            return self._resolved(DirectAdjoint(), f"{graph} fits {limit}: DirectAdjoint, the fastest", estimate)
-        over = f"{graph} exceeds {limit}"
         if opts.saveat_batch is not None:
             only_direct = "GaussAdjoint per element needs save times shared by the batch"
         else:
@@ -287,6 +253,35 @@ class AutoAdjoint(AbstractSensitivityAlgorithm):
             return self._resolved(DirectAdjoint(), reason, estimate)
         reason = f"{over}: with batch_axis=0 the adjoint per element is GaussAdjoint, memory independent of the steps"
         return self._resolved(GaussAdjoint(), reason, estimate)
+
+    def _measured(
+        self, prob: ODEProblem, solver: AbstractSolver, opts: SolveOptions, measure: Callable, what: str, steps: str
+    ) -> AutoAdjoint | tuple[MemoryEstimate, str, float]:
+        """DirectAdjoint resolved where it needs no measurement or the graph fits the budget;
+        otherwise (the estimate, "<the graph> exceeds <the budget>", the budget)."""
+        if not torch.is_grad_enabled():
+            reason = (
+                "gradients are off (torch.no_grad() or inference mode), so DirectAdjoint is the plain forward solve"
+            )
+            return self._resolved(DirectAdjoint(), reason, None)
+        if self.memory_budget == math.inf:
+            return self._resolved(DirectAdjoint(), "memory_budget is unlimited: DirectAdjoint, the fastest", None)
+        device = StateLayout(prob.y0).device
+        budget, source = (
+            (float(self.memory_budget), "given") if self.memory_budget is not None else _default_budget(device)
+        )
+        estimate = measure(prob, solver, opts, budget, source)
+        if estimate is None:
+            reason = "nothing the solve reads requires grad, so DirectAdjoint is the plain forward solve"
+            return self._resolved(DirectAdjoint(), reason, None)
+        graph = (
+            f"{what} (≈ {_size(estimate.graph)}: {estimate.steps:.0f} {steps} × "
+            f"{_size(estimate.per_step)} + {_size(estimate.shared)})"
+        )
+        limit = f"the memory budget of {_size(budget)} ({source})"
+        if estimate.graph <= budget:
+            return self._resolved(DirectAdjoint(), f"{graph} fits {limit}: DirectAdjoint, the fastest", estimate)
+        return estimate, f"{graph} exceeds {limit}", budget
 
     def _resolved(
         self, chosen: AbstractSensitivityAlgorithm, reason: str, estimate: MemoryEstimate | None
