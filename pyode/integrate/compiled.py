@@ -8,14 +8,18 @@ too). Time and step size enter as one tensor, so steps of any size reuse the sam
 Compiled steps are cached per (solver, f's code, state layout, dtype, device, norm, options):
 a training loop that solves the same problem every iteration compiles once. Each cache entry
 gets its own copy of the step's code object, so that torch's per-code limit on recompilations
-is never shared between problems. Where compilation fails (no C++ compiler for the CPU backend,
-an f that cannot be traced in one graph, such as one calling `torch.autograd.grad`), the solve
-warns once per cache entry and steps eagerly; it never fails because of `compile=True`.
+is never shared between problems; f and the norm are arguments of the step, so problems that
+share an entry are told apart by dynamo's guards. Where compilation fails (no C++ compiler for
+the CPU backend, an f that cannot be traced in one graph, such as one calling
+`torch.autograd.grad`), the solve warns once per cache entry and steps eagerly; it never fails
+because of `compile=True`. What does fail is what fails eagerly too (an error raised by f, a
+wrong shape from f, which propagate unchanged) and a `compile=` that torch.compile would refuse.
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
 import types
 import warnings
 from collections import OrderedDict
@@ -33,6 +37,9 @@ CompileOptions = tuple[tuple[str, Any], ...]  # torch.compile's keywords, as sor
 _CACHE_SIZE = 64
 _cache: OrderedDict[tuple, _Entry] = OrderedDict()
 _names = itertools.count()
+# `trace_autograd_ops` is one setting for all threads: a step that sets it holds this lock, so
+# that another thread's step cannot reset it mid-call (which made its entry fail to compile).
+_autograd_ops_lock = threading.RLock()
 
 
 class _Entry:
@@ -45,15 +52,26 @@ class _Entry:
         self.autograd_ops = False
 
     def __call__(self, *args: Any) -> Any:
-        if not self.autograd_ops:
-            return self.fn(*args)
-        config = torch._dynamo.config
-        before = config.trace_autograd_ops
-        config.trace_autograd_ops = True
+        if self.autograd_ops:
+            return self._with_autograd_ops(*args)
         try:
             return self.fn(*args)
-        finally:
-            config.trace_autograd_ops = before
+        except torch._dynamo.exc.Unsupported as error:
+            # (Decided by this call's error, not by the flag, which another thread may have set.)
+            if "trace_autograd_ops" not in str(error):
+                raise
+        self.autograd_ops = True
+        return self._with_autograd_ops(*args)
+
+    def _with_autograd_ops(self, *args: Any) -> Any:
+        config = torch._dynamo.config
+        with _autograd_ops_lock:
+            before = config.trace_autograd_ops
+            config.trace_autograd_ops = True
+            try:
+                return self.fn(*args)
+            finally:
+                config.trace_autograd_ops = before
 
 
 def compile_options(value: Any) -> CompileOptions | None:
@@ -62,15 +80,44 @@ def compile_options(value: Any) -> CompileOptions | None:
         return None
     if value is True:
         return ()
-    if isinstance(value, tuple):  # already normalised (options carried to a backward solve)
-        return value
-    if isinstance(value, dict):
-        allowed = {"backend", "mode", "options", "dynamic"}
-        unknown = sorted(set(value) - allowed)
-        if unknown:
-            raise ValueError(f"compile: unknown torch.compile option(s) {unknown}; allowed: {sorted(allowed)}")
-        return tuple(sorted(value.items(), key=lambda kv: kv[0]))
-    raise TypeError(f"compile must be True, False or a dict of torch.compile options; got {value!r}")
+    if isinstance(value, tuple) and all(isinstance(kv, tuple) and len(kv) == 2 for kv in value):
+        value = dict(value)  # normalised already (options carried to a backward solve)
+    if not isinstance(value, dict):
+        raise TypeError(f"compile must be True, False or a dict of torch.compile options; got {value!r}")
+    allowed = {"backend", "mode", "options", "dynamic"}
+    unknown = sorted(set(value) - allowed, key=repr)
+    if unknown:
+        raise ValueError(f"compile: unknown torch.compile option(s) {unknown}; allowed: {sorted(allowed)}")
+    _check_values(value)
+    return tuple(sorted(value.items(), key=lambda kv: kv[0]))
+
+
+def _check_values(value: dict) -> None:
+    """torch.compile's own rules for its keywords, checked before the solve: a typo fails here by
+    name, rather than as a failure to compile that warns and steps eagerly."""
+    backend, mode, options, dynamic = (value.get(k) for k in ("backend", "mode", "options", "dynamic"))
+    if isinstance(backend, str):
+        known = torch._dynamo.list_backends(exclude_tags=())
+        if backend not in known:
+            raise ValueError(f"compile: unknown backend {backend!r}; torch.compile has {known}")
+    elif backend is not None and not callable(backend):
+        raise TypeError(f"compile: backend must be a name such as 'inductor' or a callable; got {backend!r}")
+    if mode is not None and options is not None:
+        raise ValueError("compile: give mode or options, not both (torch.compile takes one of them)")
+    if mode is not None and mode not in torch._inductor.list_mode_options():
+        raise ValueError(
+            f"compile: unknown mode {mode!r}; torch.compile has {sorted(torch._inductor.list_mode_options())}"
+        )
+    if options is not None:
+        if not isinstance(options, dict):
+            raise TypeError(f"compile: options must be a dict of inductor options; got {options!r}")
+        if backend in (None, "inductor"):
+            # (guard_filter_fn and use_aoti are torch.compile's, read from options before inductor's)
+            unknown = sorted(set(options) - set(torch._inductor.list_options()) - {"guard_filter_fn", "use_aoti"})
+            if unknown:
+                raise ValueError(f"compile: unknown inductor option(s) {unknown}; see torch._inductor.list_options()")
+    if dynamic is not None and not isinstance(dynamic, bool):
+        raise TypeError(f"compile: dynamic must be True, False or None; got {dynamic!r}")
 
 
 def _combine(ks: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
@@ -83,14 +130,15 @@ def _combine(ks: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tens
 
 
 def _step_function(
-    solver: AbstractExplicitRK,
-    layout: StateLayout,
-    norm: Callable[[torch.Tensor], torch.Tensor],
-    dense_weights: torch.Tensor | None,
-    with_ratio: bool,
-    with_stage_inputs: bool,
+    solver: AbstractExplicitRK, dense_weights: torch.Tensor | None, with_ratio: bool, with_stage_inputs: bool
 ) -> Callable:
-    """The step as one traceable function of (f, [t, h], y, k1, rtol, atol)."""
+    """The step as one traceable function of (f, norm, layout, [t, h], y, k1, rtol, atol).
+
+    What belongs to the problem is an argument, never a constant of the function: the cache
+    shares one function between problems with equal keys, and dynamo guards on what an argument
+    reads (a module's mode, a bound method's instance, a default argument) where a closure would
+    run the first problem's norm for all of them.
+    """
     tab = solver.tableau
     s = tab.stages
     a = [[float(x) for x in row] for row in tab.a]
@@ -99,7 +147,7 @@ def _step_function(
     errors = [[float(x) for x in e] for e in tab.b_error]
     fsal = tab.fsal
 
-    def compiled_rk_step(f, th, y, k1, rtol, atol):
+    def compiled_rk_step(f, norm, layout, th, y, k1, rtol, atol):
         t, h = th[0], th[1]
         hy = h.to(y.dtype)
         ks = [k1]
@@ -136,7 +184,8 @@ def _f_code(f: Callable) -> Any:
 
 def _norm_key(norm: Callable) -> Any:
     """What identifies a norm for the cache: a function's code and closure values when they are
-    hashable (a seminorm made afresh for every backward solve is the same norm), else itself."""
+    hashable (a seminorm made afresh for every backward solve is the same norm), else itself.
+    Norms with one key share a compiled function, not a norm: the step takes it as an argument."""
     code, cells = getattr(norm, "__code__", None), getattr(norm, "__closure__", None) or ()
     if code is None:
         return norm
@@ -158,16 +207,22 @@ class CompiledRKStepper(RKStepper):
         entry: _Entry,
         key: tuple,
         user_f: Callable,
+        norm: Callable[[torch.Tensor], torch.Tensor],
+        layout: StateLayout,
         rtol: torch.Tensor,
         atol: torch.Tensor,
-        time_dtype: torch.dtype,
         stats: Stats,
         eager_now: Callable[[], bool],
+        time_dtype: torch.dtype,
     ):
         self.__dict__.update(base.__dict__)
-        self.entry, self.key, self.user_f = entry, key, user_f
-        self.rtol, self.atol, self.time_dtype = rtol, atol, time_dtype
+        self.entry, self.key, self.user_f, self.norm, self.layout = entry, key, user_f, norm, layout
+        self.rtol, self.atol = rtol, atol
         self.stats, self.eager_now = stats, eager_now
+        # Stage times in the wider of the time and state dtypes: the eager step computes them on
+        # the host in float64 and rounds once to the state's dtype (float32 where the device has
+        # no float64), and neither a float32 time_dtype nor a float32 state may round them first.
+        self.time_dtype = torch.promote_types(time_dtype, layout.dtype)
 
     def step(self, t: float, y: torch.Tensor, h: float, k1: torch.Tensor | None) -> StepResult:
         entry = self.entry
@@ -182,19 +237,21 @@ class CompiledRKStepper(RKStepper):
         elif y.requires_grad and not k1.requires_grad:  # f ignores y and has no parameters
             return super().step(t, y, h, k1)
         th = torch.tensor((t, h), dtype=self.time_dtype, device=y.device)
-        args = (self.user_f, th, y_in, k1, self.rtol, self.atol)
+        args = (self.user_f, self.norm, self.layout, th, y_in, k1, self.rtol, self.atol)
+        failure = None
         try:
-            try:
-                y1, stages, ratio, r, stage_inputs = entry(*args)
-            except torch._dynamo.exc.Unsupported as error:
-                if entry.autograd_ops or "trace_autograd_ops" not in str(error):
-                    raise
-                entry.autograd_ops = True
-                y1, stages, ratio, r, stage_inputs = entry(*args)
-        except Exception as error:  # any failure to compile falls back to eager steps
-            entry.fn, entry.failure = None, f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
-            _warn(entry.failure)
-            return super().step(t, y, h, k1)
+            y1, stages, ratio, r, stage_inputs = entry(*args)
+        except Exception as error:
+            failure = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
+        if failure is not None:
+            # The same step eagerly (outside the `except`, so that its errors come unchained).
+            # Where that raises too, the error is f's own (a wrong shape; the user's exception,
+            # which dynamo reports as an "observed exception"): it propagates as an eager solve's
+            # would, and the entry stays compiled. Where it succeeds, compiling is what failed.
+            result = super().step(t, y, h, k1)
+            entry.fn, entry.failure = None, failure
+            _warn(failure)
+            return result
         self.stats.nfe += self.stages - 1
         counter = getattr(self.user_f, "nfe_counter", None)  # an adjoint's count of its f (`VectorField`)
         if counter is not None:
@@ -260,16 +317,19 @@ def compiled_stepper(
         dense_weights is not None,
         with_ratio,
         stage_inputs,
-        time_dtype,
     )
     entry = _cache.get(key)
     if entry is None:
-        fn = _step_function(solver, layout, norm, dense_weights, with_ratio, stage_inputs)
+        fn = _step_function(solver, dense_weights, with_ratio, stage_inputs)
         kwargs = {"dynamic": False, **dict(options)}
-        if layout.device.type == "cpu" and kwargs.get("backend", "inductor") == "inductor" and "options" not in kwargs:
+        if kwargs.get("options") is not None:
+            kwargs["options"] = dict(kwargs["options"])  # torch.compile pops its own keys from it
+        untuned = kwargs.get("mode") is None and kwargs.get("options") is None
+        if layout.device.type == "cpu" and kwargs.get("backend") in (None, "inductor") and untuned:
             # Inductor's C++ wrapper: the generated code that calls the kernels is C++ rather than
             # Python, which is most of a small step's cost on the CPU (0.39 → 0.32 of
             # torchdiffeq's fwd+bwd time on benchmarks/core.py's small problem; compiles as fast).
+            # Only without a mode: torch.compile takes a mode or options, never both.
             kwargs["options"] = {"cpp_wrapper": True}
         try:
             entry = _Entry(torch.compile(fn, fullgraph=True, **kwargs))
@@ -285,7 +345,7 @@ def compiled_stepper(
         return stepper
     as_tensor = lambda v: torch.as_tensor(v, dtype=layout.dtype, device=layout.device)  # noqa: E731
     return CompiledRKStepper(
-        stepper, entry, key, user_f, as_tensor(rtol), as_tensor(atol), time_dtype, stats, eager_now
+        stepper, entry, key, user_f, norm, layout, as_tensor(rtol), as_tensor(atol), stats, eager_now, time_dtype
     )
 
 
