@@ -298,3 +298,17 @@ def test_inductor_compiles_and_agrees():
     for a, b in zip(gp_c, gp_e):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     print(f"cold compile + first solve: {cold:.1f} s")
+
+
+def test_networks_of_other_sizes_get_their_own_entries():
+    """A sweep over widths compiles each width once, and more widths than torch's recompile
+    limit for one entry (8) still all compile (nothing steps eagerly, nothing warns)."""
+    backend = Counting()
+    y0 = torch.randn(3, 2, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="compile=True")
+        for _ in range(2):
+            for width in range(4, 14):
+                f = Field(width=width).double()
+                pyode.solve(pyode.ODEProblem(f, y0, (0.0, 1.0)), pyode.DP5(), compile={"backend": backend})
+    assert backend.graphs == 10

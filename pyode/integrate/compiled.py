@@ -175,9 +175,11 @@ def _step_function(
 
 
 def _f_code(f: Callable) -> Any:
-    """What identifies f's computation for the cache: a module's class, a function's code."""
+    """What identifies f's computation for the cache: a module's class and its parameters'
+    shapes (networks of one class in other sizes, as in a sweep, each get their own entry rather
+    than use up one entry's recompilations), a function's code."""
     if isinstance(f, torch.nn.Module):
-        return type(f)
+        return type(f), tuple(tuple(p.shape) for p in f.parameters())
     code = getattr(f, "__code__", None)
     return code if code is not None else type(f)
 
