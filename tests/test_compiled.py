@@ -168,12 +168,16 @@ def test_adjoints_backward_solves_compile(sensealg):
     backend = Counting()
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="compile=True")  # compiles without falling back
+        first = None
         for _ in range(2):
             comp, gy_c, gp_c = _solve_and_grad(
                 f, y0, pyode.Tsit5(), sensealg=sensealg, compile={"backend": backend}, **kw
             )
-    graphs = backend.graphs
-    assert 1 <= graphs <= 3  # forward (no grad), the backward's [z, a] field; never per iteration
+            first = backend.graphs if first is None else first
+    # The forward step (no grad), the backward's field, the checkpoint replays: compiled by the
+    # first iteration, and not again by the second.
+    assert 1 <= first <= 3
+    assert backend.graphs == first
     if eager.adjoint_stats is not None:
         # The backward's evaluations are counted although the graph cannot count them.
         assert comp.adjoint_stats.nfe == eager.adjoint_stats.nfe
