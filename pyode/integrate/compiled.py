@@ -221,6 +221,7 @@ class CompiledRKStepper(RKStepper):
         self.entry, self.key, self.user_f, self.norm, self.layout = entry, key, user_f, norm, layout
         self.rtol, self.atol = rtol, atol
         self.stats, self.eager_now = stats, eager_now
+        self.adjoint_count = getattr(user_f, "nfe_counter", None)  # an adjoint's count of its f (`VectorField`)
         # Stage times in the wider of the time and state dtypes: the eager step computes them on
         # the host in float64 and rounds once to the state's dtype (float32 where the device has
         # no float64), and neither a float32 time_dtype nor a float32 state may round them first.
@@ -255,9 +256,8 @@ class CompiledRKStepper(RKStepper):
             _warn(failure)
             return result
         self.stats.nfe += self.stages - 1
-        counter = getattr(self.user_f, "nfe_counter", None)  # an adjoint's count of its f (`VectorField`)
-        if counter is not None:
-            counter.nfe += self.stages - 1
+        if self.adjoint_count is not None:
+            self.adjoint_count.nfe += self.stages - 1
         return StepResult(
             t,
             h,
