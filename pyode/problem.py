@@ -84,6 +84,10 @@ class ElementStats:
 class Stats:
     """Work done by one solve: evaluations of f, accepted and rejected steps, and (for the
     quadrature adjoints' backward pass) the quadrature nodes at which a_z·∂f/∂θ was evaluated.
+    The implicit solvers add their Jacobians (`njac`; each counts once, however many
+    evaluations of f or Jacobian–vector products it took), LU factorizations (`nlu`) and Newton
+    iterations (`nnewton`, each one evaluation of f, counted in `nfe` too); `AutoSwitch` counts
+    its switches between the explicit and the implicit method (`nswitch`).
 
     With `batch_axis=0` these count batched work: `nfe` calls of f on the whole batch, and the
     batched steps in which some element advanced (`naccept`) or none did (`nreject`);
@@ -94,6 +98,10 @@ class Stats:
     naccept: int = 0
     nreject: int = 0
     nquad: int = 0
+    njac: int = 0
+    nlu: int = 0
+    nnewton: int = 0
+    nswitch: int = 0
     per_element: ElementStats | None = field(default=None, repr=False, compare=False)
 
     def __iadd__(self, other: Stats) -> Stats:
@@ -101,6 +109,10 @@ class Stats:
         self.naccept += other.naccept
         self.nreject += other.nreject
         self.nquad += other.nquad
+        self.njac += other.njac
+        self.nlu += other.nlu
+        self.nnewton += other.nnewton
+        self.nswitch += other.nswitch
         return self
 
 
@@ -159,14 +171,38 @@ class ODEProblem:
         tspan: (t0, t1); t1 < t0 integrates backward in time.
         params: the tensors gradients are taken with respect to by the adjoint methods; by default
             the parameters of `f` when it is an `nn.Module`, else none.
+        jac: ∂f/∂y for the implicit solvers, called as `jac(t, y)`; it returns an (N, N) matrix
+            over the flattened state (N = its number of entries), or with `independent_batch`
+            a (B, n, n) tensor of the B systems' own Jacobians. By default the solvers compute
+            it by forward-mode autodiff (or finite differences with `autodiff=False`).
+        independent_batch: dim 0 of a tensor y0 of shape (B, ...) indexes B independent systems:
+            element b's derivative reads element b only. The implicit solvers then build and
+            factor B blocks of n×n (n = y0[0].numel()) rather than one (B·n)² matrix.
+        integral_parts: for a tuple state, how many trailing parts are running integrals: their
+            derivative does not read them and no other part reads them (an accumulated cost,
+            an adjoint's parameter gradient). The implicit solvers leave them out of the
+            Jacobian.
     """
 
     f: Callable
     y0: State
     tspan: tuple[TimeLike, TimeLike]
     params: tuple[torch.Tensor, ...] = ()
+    jac: Callable | None = None
+    independent_batch: bool = False
+    integral_parts: int = 0
 
-    def __init__(self, f: Callable, y0: State, tspan: Sequence[TimeLike], params: Sequence[torch.Tensor] | None = None):
+    def __init__(
+        self,
+        f: Callable,
+        y0: State,
+        tspan: Sequence[TimeLike],
+        params: Sequence[torch.Tensor] | None = None,
+        *,
+        jac: Callable | None = None,
+        independent_batch: bool = False,
+        integral_parts: int = 0,
+    ):
         if not callable(f):
             raise TypeError(f"f must be callable as f(t, y); got {type(f).__name__}")
         _check_state(y0)
@@ -189,6 +225,81 @@ class ODEProblem:
         object.__setattr__(self, "y0", y0)
         object.__setattr__(self, "tspan", (t0, t1))
         object.__setattr__(self, "params", params)
+        if jac is not None and not callable(jac):
+            raise TypeError(f"jac must be callable as jac(t, y); got {type(jac).__name__}")
+        if not isinstance(independent_batch, bool):
+            raise TypeError(f"independent_batch must be True or False; got {independent_batch!r}")
+        if independent_batch and (isinstance(y0, tuple) or y0.dim() < 1 or y0.shape[0] == 0):
+            raise ValueError(
+                "independent_batch=True needs y0 to be one tensor of shape (B, ...) with B >= 1; "
+                f"got {'a tuple' if isinstance(y0, tuple) else f'shape {tuple(y0.shape)}'}"
+            )
+        n_parts = len(y0) if isinstance(y0, tuple) else 1
+        if isinstance(integral_parts, bool) or not isinstance(integral_parts, int) or not 0 <= integral_parts < n_parts:
+            raise ValueError(
+                f"integral_parts must be an int from 0 to {n_parts - 1} (the state has {n_parts} part(s) and at "
+                f"least one must be dynamic); got {integral_parts!r}"
+            )
+        if integral_parts and independent_batch:
+            raise ValueError("independent_batch and integral_parts cannot be combined")
+        object.__setattr__(self, "jac", jac)
+        object.__setattr__(self, "independent_batch", independent_batch)
+        object.__setattr__(self, "integral_parts", integral_parts)
+
+
+@dataclass(frozen=True, init=False)
+class SplitODEProblem(ODEProblem):
+    """dy/dt = f_stiff(t, y) + f_nonstiff(t, y): an ODE whose right-hand side is split into a
+    stiff part, which an IMEX method (`KenCarp4`) treats implicitly, and a non-stiff part it
+    treats explicitly (SciML's SplitODEProblem; f1 is the stiff part there too). Every other
+    solver solves it as the ODE of the sum. `jac`, when given, is the stiff part's Jacobian.
+    """
+
+    f_stiff: Callable | None = None
+    f_nonstiff: Callable | None = None
+
+    def __init__(
+        self,
+        f_stiff: Callable,
+        f_nonstiff: Callable,
+        y0: State,
+        tspan: Sequence[TimeLike],
+        params: Sequence[torch.Tensor] | None = None,
+        *,
+        jac: Callable | None = None,
+        independent_batch: bool = False,
+        integral_parts: int = 0,
+        f: Callable | None = None,
+    ):
+        for name, part in (("f_stiff", f_stiff), ("f_nonstiff", f_nonstiff)):
+            if not callable(part):
+                raise TypeError(f"{name} must be callable as {name}(t, y); got {type(part).__name__}")
+        if params is None:
+            found: list[torch.Tensor] = []
+            for part in (f_stiff, f_nonstiff):
+                if isinstance(part, torch.nn.Module):
+                    found.extend(p for p in part.parameters() if all(p is not q for q in found))
+            params = found
+        if f is None:
+            f = _Sum(f_stiff, f_nonstiff)
+        super().__init__(
+            f, y0, tspan, params, jac=jac, independent_batch=independent_batch, integral_parts=integral_parts
+        )
+        object.__setattr__(self, "f_stiff", f_stiff)
+        object.__setattr__(self, "f_nonstiff", f_nonstiff)
+
+
+class _Sum:
+    """f_stiff + f_nonstiff, for tensor or tuple states."""
+
+    def __init__(self, first: Callable, second: Callable):
+        self.first, self.second = first, second
+
+    def __call__(self, t, y):
+        a, b = self.first(t, y), self.second(t, y)
+        if isinstance(a, tuple):
+            return tuple(x + z for x, z in zip(a, b))
+        return a + b
 
 
 @dataclass

@@ -59,8 +59,12 @@ class Regularization:
 
 def stiffness_pair(solver: AbstractSolver) -> bool:
     """Whether the solver has the two stages at c = 1 that Shampine's estimate needs."""
-    tableau = getattr(solver, "tableau", None)
-    return tableau is not None and tableau.stages >= 2 and tableau.c[-1] == 1 and tableau.c[-2] == 1
+    from .solvers.runge_kutta import AbstractExplicitRK
+
+    if not isinstance(solver, AbstractExplicitRK):  # an implicit method's stages are not f's values
+        return False
+    tableau = solver.tableau
+    return tableau.stages >= 2 and tableau.c[-1] == 1 and tableau.c[-2] == 1
 
 
 def check(regularization: Regularization, solver: AbstractSolver) -> None:

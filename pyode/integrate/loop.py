@@ -132,6 +132,9 @@ class _Loop:
         k1 = f(_nudge(t0, t1, self.dtype) if t0 in opts.discontinuities else t0, y0)
         self.norm = layout.flat_norm(opts.internalnorm)
         self.stepper = stepper = solver.stepper(f, self.dtype, y0.device)
+        configure = getattr(stepper, "configure", None)
+        if configure is not None:  # an implicit method: the problem's Jacobian structure, tolerances, counters
+            configure(prob, layout, opts.rtol, opts.atol, self.norm, self.stats)
         self.control = opts.controller.init(solver.error_order) if opts.adaptive else None
 
         self.saver = Saver(opts, layout, t0, t1, stepper.output, self.field.at, isinstance(stepper, DenseStepper))

@@ -21,8 +21,9 @@ from .._autocast import no_autocast
 from ..integrate import SolveOptions, StateLayout, integrate, make_options
 from ..interpolation import DenseOutput
 from ..norms import Norm, make_seminorm, mixed_norm
-from ..problem import ODEProblem, Solution, Stats
+from ..problem import ODEProblem, Solution, SolveError, Stats
 from ..solvers.base import AbstractSolver
+from ..solvers.implicit import AbstractImplicitSolver
 from .base import AbstractSensitivityAlgorithm
 from .vector_field import VectorField, _check_independent
 
@@ -123,6 +124,18 @@ def state_and_adjoint(vf: VectorField) -> Callable:
     return vf.counted(augmented)
 
 
+def adjoint_only(vf: VectorField, state_at: Callable) -> Callable:
+    """The vector field of a alone backward, da/dt = -a·∂f/∂z(t, z(t)), with z(t) read from the
+    forward solution (`state_at`) rather than integrated backward with it."""
+
+    def field(t: float, state: tuple) -> tuple:
+        (a,) = state
+        _, vjp_z, _ = vf.vjp(t, state_at(t), -a, wrt_params=False)
+        return (vjp_z,)
+
+    return vf.counted(field)
+
+
 def adjoint_norm(sensealg: AbstractAdjoint, n_groups: int, keep: int) -> Norm:
     """The norm of the backward solve: the user's, else the seminorm over the first `keep`
     channel groups when `seminorm=True`, else the full mixed norm over all groups."""
@@ -144,16 +157,89 @@ def solve_backward(
     norm: Norm,
     stats: Stats,
     on_step=None,
+    integral_parts: int = 0,
 ) -> tuple[tuple, float | None]:
     """Integrate an adjoint system from t_from to t_to; returns the state there and the
-    controller's next step (to start the next interval with)."""
+    controller's next step (to start the next interval with). `integral_parts` trailing parts
+    of the state are plain integrals (a_θ), which an implicit solver leaves out of its Jacobian."""
     opts = backward_options(sensealg, record, t_from, t_to, dt, norm)
-    prob = ODEProblem(f, state, (t_from, t_to))
-    sol = integrate(prob, sensealg.solver or record.solver, opts, throw=True, on_step=on_step)
+    prob = ODEProblem(f, state, (t_from, t_to), integral_parts=integral_parts)
+    solver = sensealg.solver or record.solver
+    try:
+        sol = integrate(prob, solver, opts, throw=True, on_step=on_step)
+    except SolveError as err:
+        if isinstance(record.solver, AbstractImplicitSolver) and len(state) - integral_parts > 1:
+            err.add_note(
+                f"{type(sensealg).__name__} integrates the state itself backward in time, which is unstable for a "
+                "stiff problem (its decaying modes grow backward): use InterpolatingAdjoint(), "
+                "GaussAdjoint(checkpointing=True), QuadratureAdjoint(checkpointing=True) or DirectAdjoint(), which "
+                "read the forward solution instead"
+            )
+        raise
     stats.naccept += sol.stats.naccept
     stats.nreject += sol.stats.nreject
+    stats.njac += sol.stats.njac
+    stats.nlu += sol.stats.nlu
+    stats.nnewton += sol.stats.nnewton
     end = tuple(y[-1] for y in sol.y)
     return end, sol.dt_next
+
+
+def backward_interval(
+    sensealg: AbstractAdjoint,
+    record: ForwardRecord,
+    vf: VectorField,
+    augmented: Callable,
+    quad: Any,
+    k: int,
+    t_from: float,
+    t_to: float,
+    a: torch.Tensor,
+    dt: float | None,
+    norm: Norm,
+    stats: Stats,
+    on_step: Callable,
+) -> tuple[torch.Tensor, float | None]:
+    """One save interval of a quadrature adjoint's backward solve: [z, a] backward from the
+    save point, or with `sensealg.checkpointing` a alone, z read from the forward problem
+    re-solved over the interval (and handed to the quadrature `quad`)."""
+    if not sensealg.checkpointing:
+        state = (record.ys[k], a)
+        (_, a), dt = solve_backward(sensealg, record, augmented, state, t_from, t_to, dt, norm, stats, on_step=on_step)
+        return a, dt
+    start = record.ys[k - 1] if k > 0 else record.layout.flatten(record.prob.y0).detach()
+    state_at = recompute(record, start, t_to, t_from, stats).at
+    quad.state_at = state_at
+    (a,), dt = solve_backward(
+        sensealg, record, adjoint_only(vf, state_at), (a,), t_from, t_to, dt, norm, stats, on_step=on_step
+    )
+    return a, dt
+
+
+def recompute(record: ForwardRecord, start: torch.Tensor, t_from: float, t_to: float, stats: Stats):
+    """Re-solve the forward problem over one interval from a checkpoint, keeping dense output."""
+    opts = record.opts
+    layout = record.layout
+    prob = ODEProblem(record.prob.f, layout.unflatten(start), (t_from, t_to))
+    fixed = not opts.adaptive
+    interval_opts = make_options(
+        prob,
+        record.solver,
+        saveat=[t_to],
+        dt=opts.dt if fixed else None,
+        adaptive=not fixed,
+        rtol=opts.rtol,
+        atol=opts.atol,
+        internalnorm=opts.internalnorm,
+        controller=opts.controller,
+        max_steps=opts.max_steps,
+        dense=True,
+        compile=opts.compile,
+    )
+    with torch.no_grad():
+        sol = integrate(prob, record.solver, interval_opts, throw=True)
+    stats.nfe += sol.stats.nfe
+    return sol.dense
 
 
 @dataclass(frozen=True, repr=False)

@@ -16,6 +16,8 @@ import torch
 from ..integrate import Observer, StateLayout, integrate
 from ..integrate.options import time_span
 from ..problem import ReturnCode, Stats
+from ..solvers.auto_switch import AutoSwitch
+from ..solvers.implicit import AbstractImplicitSolver
 from ..solvers.reversible import AbstractReversibleSolver
 from .base import AbstractSensitivityAlgorithm
 from .direct import DirectAdjoint
@@ -196,6 +198,12 @@ class AutoAdjoint(AbstractSensitivityAlgorithm):
             reason = f"{over}, but DirectAdjoint is chosen anyway: {only_direct}"
             warnings.warn(f"AutoAdjoint: {reason}", UserWarning, stacklevel=4)
             return self._resolved(DirectAdjoint(), reason, estimate)
+        if isinstance(solver, (AbstractImplicitSolver, AutoSwitch)):
+            # GaussAdjoint re-integrates the state backward, unstable on a stiff problem.
+            reason = (
+                f"{over}; with the implicit solver {solver!r}: InterpolatingAdjoint, which reads the forward solution"
+            )
+            return self._resolved(InterpolatingAdjoint(seminorm=True), reason, estimate)
         if isinstance(solver, AbstractReversibleSolver):
             reason = (
                 f"{over}; with the reversible solver {solver!r}: ReversibleAdjoint, memory independent of the steps"

@@ -60,7 +60,7 @@ class BacksolveAdjoint(AbstractAdjoint):
             # z restarts from the forward solution at each save point, as torchdiffeq does.
             state = (record.ys[k], a, a_theta)
             (_, a, a_theta), dt = solve_backward(
-                self, record, vf.counted(augmented), state, t_from, t_to, dt, norm, stats
+                self, record, vf.counted(augmented), state, t_from, t_to, dt, norm, stats, integral_parts=1
             )
             return a
 

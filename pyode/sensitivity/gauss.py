@@ -13,8 +13,8 @@ from .adjoint import (
     AdjointGradients,
     ForwardRecord,
     adjoint_norm,
+    backward_interval,
     require_dense,
-    solve_backward,
     state_and_adjoint,
     sweep,
 )
@@ -38,9 +38,15 @@ class GaussAdjoint(AbstractAdjoint):
 
     Args:
         nodes: nodes per step; by default floor((order + 1)/2) of the backward solver.
+        checkpointing: integrate a alone backward and read z(t) from the forward solution,
+            re-solved from each save point with dense output (SciMLSensitivity's
+            `GaussAdjoint(checkpointing=true)`), instead of integrating z backward: one more
+            forward solve, but stable on stiff problems, where z integrated backward blows up
+            (use it with the implicit solvers).
     """
 
     nodes: int | None = None
+    checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.nodes is not None and (not isinstance(self.nodes, int) or self.nodes < 1):
@@ -52,7 +58,7 @@ class GaussAdjoint(AbstractAdjoint):
     def backward_sweep(
         self, record: ForwardRecord, grad_ys: torch.Tensor, vf: VectorField, stats: Stats
     ) -> AdjointGradients:
-        norm = adjoint_norm(self, n_groups=2, keep=2)
+        norm = adjoint_norm(self, n_groups=1 if self.checkpointing else 2, keep=2)
         solver = self.solver or record.solver
         x, w = gauss_legendre(self.nodes or max(1, (solver.order + 1) // 2))
         augmented = state_and_adjoint(vf)
@@ -66,8 +72,7 @@ class GaussAdjoint(AbstractAdjoint):
 
         def interval(k: int, t_from: float, t_to: float, a: torch.Tensor) -> torch.Tensor:
             nonlocal dt
-            state = (record.ys[k], a)
-            (_, a), dt = solve_backward(self, record, augmented, state, t_from, t_to, dt, norm, stats, on_step=on_step)
+            a, dt = backward_interval(self, record, vf, augmented, quad, k, t_from, t_to, a, dt, norm, stats, on_step)
             return a
 
         a = sweep(record, grad_ys, interval)

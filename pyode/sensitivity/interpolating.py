@@ -7,14 +7,15 @@ from dataclasses import dataclass
 
 import torch
 
-from ..integrate import SolveOptions, integrate, make_options
-from ..problem import ODEProblem, Stats
+from ..integrate import SolveOptions
+from ..problem import Stats
 from ..solvers.base import AbstractSolver
 from .adjoint import (
     AbstractAdjoint,
     AdjointGradients,
     ForwardRecord,
     adjoint_norm,
+    recompute,
     require_dense,
     solve_backward,
     sweep,
@@ -63,7 +64,7 @@ class InterpolatingAdjoint(AbstractAdjoint):
         def interval(k: int, t_from: float, t_to: float, a: torch.Tensor) -> torch.Tensor:
             nonlocal a_theta, dt
             if self.checkpointing:
-                state_at = _recompute(record, ys[k - 1] if k > 0 else y0, t_to, t_from, stats).at
+                state_at = recompute(record, ys[k - 1] if k > 0 else y0, t_to, t_from, stats).at
             else:
                 state_at = record.dense.at
 
@@ -73,35 +74,9 @@ class InterpolatingAdjoint(AbstractAdjoint):
                 return vjp_z, vjp_theta
 
             (a, a_theta), dt = solve_backward(
-                self, record, vf.counted(augmented), (a, a_theta), t_from, t_to, dt, norm, stats
+                self, record, vf.counted(augmented), (a, a_theta), t_from, t_to, dt, norm, stats, integral_parts=1
             )
             return a
 
         a = sweep(record, grad_ys, interval)
         return AdjointGradients(y0=a, params=a_theta, a_t0=a)
-
-
-def _recompute(record: ForwardRecord, start: torch.Tensor, t_from: float, t_to: float, stats: Stats):
-    """Re-solve the forward problem over one interval from a checkpoint, keeping dense output."""
-    opts = record.opts
-    layout = record.layout
-    prob = ODEProblem(record.prob.f, layout.unflatten(start), (t_from, t_to))
-    fixed = not opts.adaptive
-    interval_opts = make_options(
-        prob,
-        record.solver,
-        saveat=[t_to],
-        dt=opts.dt if fixed else None,
-        adaptive=not fixed,
-        rtol=opts.rtol,
-        atol=opts.atol,
-        internalnorm=opts.internalnorm,
-        controller=opts.controller,
-        max_steps=opts.max_steps,
-        dense=True,
-        compile=opts.compile,
-    )
-    with torch.no_grad():
-        sol = integrate(prob, record.solver, interval_opts, throw=True)
-    stats.nfe += sol.stats.nfe
-    return sol.dense

@@ -60,6 +60,10 @@ class VectorField:
         """Mark an adjoint vector field built on this f: a compiled step adds its evaluations
         of it to this count."""
         field.nfe_counter = self.stats
+        # It takes vector-Jacobian products by torch.autograd, which torch.func's transforms
+        # cannot trace: an implicit solver differentiates it by finite differences (exact to
+        # rounding for the adjoint's part, which is linear in a).
+        field.jacobian_by_differences = True
         return field
 
     def flat_params(self, grads: Sequence[torch.Tensor | None], like: torch.Tensor) -> torch.Tensor:
