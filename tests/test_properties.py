@@ -46,6 +46,16 @@ BACKWARD_RATE = 0.8
 ADAPTIVE = (pyode.Heun(), pyode.BS3(), pyode.DP5(), pyode.Tsit5(), pyode.DP8())
 FIXED = (pyode.Euler(), pyode.Midpoint(), pyode.RK4())
 REVERSIBLE = (pyode.Reversible(pyode.Tsit5()), pyode.ReversibleHeun())
+# The implicit solvers are drawn by their own tests (this problem is not stiff: it checks their
+# accuracy and gradients, not their stability), so the draws above stay what they were.
+IMPLICIT = (
+    pyode.Rosenbrock23(),
+    pyode.Rodas5P(),
+    pyode.Kvaerno3(),
+    pyode.Kvaerno5(),
+    pyode.KenCarp4(),
+    pyode.AutoSwitch(pyode.Tsit5(), pyode.Rodas5P()),
+)
 SENSEALGS = (
     pyode.DirectAdjoint(),
     pyode.BacksolveAdjoint(),
@@ -112,10 +122,11 @@ def _refused(sensealg, solver) -> bool:
 
 
 @st.composite
-def cases(draw: st.DrawFn, sensealg=None) -> Case:
-    """A configuration; for a sensealg, mostly with a solver it supports, one in five refused."""
-    solvers = ADAPTIVE + FIXED + REVERSIBLE
-    if sensealg is not None:
+def cases(draw: st.DrawFn, sensealg=None, implicit: bool = False) -> Case:
+    """A configuration; for a sensealg, mostly with a solver it supports, one in five refused.
+    With `implicit`, an implicit solver (all of which every sensealg drawn with them supports)."""
+    solvers = IMPLICIT if implicit else ADAPTIVE + FIXED + REVERSIBLE
+    if sensealg is not None and not implicit:
         refused = draw(st.integers(0, 4)) == 0
         solvers = tuple(s for s in solvers if _refused(sensealg, s) == refused) or solvers
     solver = draw(st.sampled_from(solvers))
@@ -458,3 +469,36 @@ def test_adjoint_gradients_match_direct_and_the_analytic_gradient(sensealg):
 @pytest.mark.parametrize("sensealg", SENSEALGS, ids=repr)
 def test_adjoint_gradients_match_direct_and_the_analytic_gradient_many(sensealg):
     _gradient_property(sensealg, examples=120)
+
+
+# ---------------------------------------------------------------------------------------------
+# The implicit solvers: the same properties, with every sensealg that supports them. On this
+# non-stiff problem even the methods that integrate z backward (unstable on stiff problems) are
+# accurate, and the checkpointed quadrature adjoints read z from the forward solution.
+
+IMPLICIT_SENSEALGS = (
+    pyode.DirectAdjoint(),
+    pyode.InterpolatingAdjoint(),
+    pyode.InterpolatingAdjoint(checkpointing=False),
+    pyode.GaussAdjoint(checkpointing=True),
+    pyode.QuadratureAdjoint(checkpointing=True),
+    pyode.GaussAdjoint(),
+    pyode.BacksolveAdjoint(),
+)
+
+
+@settings(max_examples=24, deadline=None, derandomize=True, database=None)
+@given(case=cases(implicit=True))
+def test_implicit_solution_matches_the_matrix_exponential(case):
+    _check_solution(case)
+
+
+@pytest.mark.parametrize("sensealg", IMPLICIT_SENSEALGS, ids=repr)
+def test_implicit_gradients_match_direct_and_the_analytic_gradient(sensealg):
+    @seed(100 + IMPLICIT_SENSEALGS.index(sensealg))
+    @settings(max_examples=5, deadline=None, database=None)
+    @given(case=cases(sensealg, implicit=True))
+    def check(case):
+        _check_gradients(case, sensealg)
+
+    check()

@@ -463,6 +463,12 @@ class _TransposeSolve:
         self.f, self.ti, self.z, self.hg, self.fac, self.stats = f, ti, z_star.detach(), hg, fac, stats
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():  # backward(create_graph=True): this solve is not itself differentiable
+            raise RuntimeError(
+                "second derivatives through an ESDIRK stage (Kvaerno3, Kvaerno5, KenCarp4) are not supported: its "
+                "implicit-function gradient is computed off the graph. Rodas5P() and Rosenbrock23() are "
+                "differentiable twice"
+            )
         v = v.detach()
         with torch.enable_grad():
             z = self.z.requires_grad_(True) if not self.z.requires_grad else self.z

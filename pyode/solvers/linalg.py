@@ -16,11 +16,18 @@ never (B·n)³.
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+
+# torch's forward-mode AD levels are process-global: two threads inside `torch.func.jvp` at once
+# corrupt each other's levels. Jacobians by autodiff are taken one thread at a time (re-entrant:
+# f may itself run an implicit solve).
+_FORWARD_AD = threading.RLock()
 
 
 class Structure:
@@ -120,7 +127,8 @@ class JacobianBuilder:
             return torch.func.jvp(lambda z: f(t, z), (y,), (v,))[1]
 
         count = self.stats.nfe
-        columns = torch.func.vmap(jvp)(self._basis(y))
+        with _FORWARD_AD:
+            columns = torch.func.vmap(jvp)(self._basis(y))
         self.stats.nfe = count  # the transformed call ran f once symbolically; njac counts it
         # Cast: under vmap, torch 2.13 promotes `python float * 0-d dual tensor` to float64.
         return self._arrange(columns).to(y.dtype)
@@ -166,7 +174,8 @@ class JacobianBuilder:
             tt = torch.as_tensor(t, dtype=y.dtype, device=y.device)
             try:
                 count = self.stats.nfe
-                out = torch.func.jvp(lambda s: self.f(s, y), (tt,), (torch.ones_like(tt),))[1]
+                with _FORWARD_AD:
+                    out = torch.func.jvp(lambda s: self.f(s, y), (tt,), (torch.ones_like(tt),))[1]
                 self.stats.nfe = count + 1
                 return out.to(y.dtype)
             except (RuntimeError, NotImplementedError, TypeError) as err:
@@ -184,7 +193,8 @@ class JacobianBuilder:
         if self.autodiff:
             try:
                 count = self.stats.nfe
-                out = torch.func.jvp(lambda z: self.f(t, z), (y,), (full,))[1]
+                with _FORWARD_AD:
+                    out = torch.func.jvp(lambda z: self.f(t, z), (y,), (full,))[1]
                 self.stats.nfe = count + 1
                 return out.to(y.dtype)
             except (RuntimeError, NotImplementedError, TypeError) as err:
