@@ -23,7 +23,6 @@ from typing import Callable
 
 import torch
 
-
 # torch's forward-mode AD levels are process-global: two threads inside `torch.func.jvp` at once
 # corrupt each other's levels. Jacobians by autodiff are taken one thread at a time (re-entrant:
 # f may itself run an implicit solve).

@@ -320,6 +320,8 @@ REFUSALS = [
     ({"solver": pyode.Reversible(pyode.RK4()), "dt": 0.1}, NotImplementedError, "reversible"),
     ({"solver": pyode.ReversibleHeun(), "dt": 0.1}, NotImplementedError, "reversible"),
     ({"solver": MyTsit5()}, NotImplementedError, "built-in tableaus"),
+    ({"solver": pyode.Rodas5P()}, NotImplementedError, "implicit solver Rodas5P()"),
+    ({"solver": pyode.AutoSwitch(pyode.Tsit5(), pyode.Kvaerno5())}, NotImplementedError, "implicit solver AutoSwitch"),
     ({"sensealg": pyode.QuadratureAdjoint()}, NotImplementedError, "GaussAdjoint is SciML's quadrature adjoint"),
     ({"sensealg": pyode.ReversibleAdjoint()}, NotImplementedError, "no reversible solvers"),
     ({"sensealg": pyode.DirectAdjoint(checkpoint_every=10)}, NotImplementedError, "checkpoint_every"),

@@ -77,6 +77,12 @@ def _check_solver(solver: Any) -> str:
             f"the reversible solver {solver!r}",
             "SciML has no algebraically reversible solvers; use the torch engine for them",
         )
+    if isinstance(solver, (solvers.AbstractImplicitSolver, solvers.AutoSwitch)):
+        raise _refuse(
+            f"the implicit solver {solver!r}",
+            "OrdinaryDiffEq's Rosenbrock23/Rodas5P/Kvaerno/KenCarp4 are not wired to the engine yet (their "
+            "Jacobians through Lux need ForwardDiff-compatible models, untested without Julia); use the torch engine",
+        )
     name = type(solver).__name__
     if SOLVERS.get(name) is not type(solver):
         raise _refuse(f"the solver {solver!r}", "only pyode's built-in tableaus map to OrdinaryDiffEq algorithms")
