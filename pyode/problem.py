@@ -30,6 +30,10 @@ class ReturnCode(enum.Enum):
         "blow up, have a singularity, or be stiff (an explicit method then needs tiny steps)"
     )
     Unstable = "the solution became NaN or Inf"
+    ConvergenceFailure = (
+        "an implicit method's Newton iteration did not converge at the fixed step size (adaptive=False); "
+        "take a smaller dt, or step adaptively so that the step can shrink"
+    )
     # The codes below come only from the Julia engine (SciMLBase's ReturnCode of the same name).
     DtNaN = "the step size became NaN: f returned NaN or Inf"
     Terminated = "the solve was stopped before the end of the time span, successfully"

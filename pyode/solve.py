@@ -70,7 +70,8 @@ def solve(
             (torchdiffeq's), `PIDController(pcoeff, icoeff, dcoeff)`, `ConstantStepSize()` (fixed
             steps of `dt`), or any subclass of `AbstractController`.
         tstops: times the steps must land on exactly (discontinuities of f).
-        dtmin: a rejected step below this size ends the solve with `DtLessThanMin`.
+        dtmin: a rejected step below this size, or below 16 ulps of the current time, ends the solve
+            with `DtLessThanMin`.
         dtmax: the largest step allowed (the span by default).
         max_steps: attempted steps (accepted plus rejected) before `MaxIters`.
         dense: keep every step's interpolant so that `sol(t)` works anywhere in the span;

@@ -22,7 +22,7 @@ from ..solvers.base import AbstractSolver, AbstractStepper, DenseStepper, StepRe
 from ..step_control import initial_step
 from .compiled import compiled_stepper
 from .events import EventHandler
-from .options import EPS, SolveOptions, time_span
+from .options import EPS, SolveOptions, step_floor, time_span
 from .progress import ProgressBar
 from .record import AcceptedStep, Observer, StepRecorder
 from .saving import Saver
@@ -208,6 +208,9 @@ class _Loop:
             for o in self.attempting:
                 o.attempt(self.t, self.stepper.output(self.y), h)
             step = self.stepper.step(self.t, self.y, h, self.k1)
+            if step.status is StepStatus.FAILED and not opts.adaptive:  # a fixed step cannot shrink
+                self.retcode = ReturnCode.ConvergenceFailure
+                break
             ratio, ratio_tensor = _error_ratio(self.stepper, step, opts, self.norm, self.ratio_on_graph)
             if opts.adaptive and not self._judge(step, h, ratio):
                 continue
@@ -244,7 +247,7 @@ class _Loop:
         self.h_abs = h_next
         for o in self.rejecting:
             o.rejected(self.t, self.stepper.output(self.y), h, ratio)
-        if not h_next >= self.opts.dtmin:  # also NaN
+        if not h_next >= step_floor(self.opts, self.t):  # also NaN
             self.retcode = ReturnCode.DtLessThanMin if math.isfinite(ratio) else ReturnCode.Unstable
         return False
 

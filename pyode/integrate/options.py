@@ -89,6 +89,11 @@ def _times(
     return floats, (tensor if tensor is not None and tensor.requires_grad else None)
 
 
+def step_floor(opts: SolveOptions, t: float) -> float:
+    """The smallest step a rejection may propose at time t: `dtmin`, or 16 ulps of t if larger."""
+    return max(opts.dtmin, 16 * EPS * abs(t))
+
+
 def time_span(prob: ODEProblem) -> tuple[float, float]:
     """(t0, t1) as host floats."""
     return tuple(float(t.detach()) if isinstance(t, torch.Tensor) else float(t) for t in prob.tspan)
@@ -269,7 +274,11 @@ def make_options(
     span = abs(t1 - t0)
     dtmax = span if dtmax is None else _positive(dtmax, "dtmax")
     if dtmin is None:
-        dtmin = 16 * EPS * max(abs(t0), abs(t1), span, 1e-300)
+        # Only an absolute floor far below any useful step: the loop also ends a solve whose
+        # rejected step falls below 16 ulps of the current time (`step_floor`), which is what a
+        # step can still resolve there. (A floor of 16 ulps of the span's end, as before, stopped
+        # Robertson's problem on [0, 1e11] in its initial layer, whose steps are 1e-4.)
+        dtmin = 16 * EPS * EPS * max(abs(t0), abs(t1), span, 1e-300)
     else:
         dtmin = _positive(dtmin, "dtmin", allow_zero=True)
     saves_batch = _check_batch_axis(batch_axis, prob.y0, saveat, t0, t1)

@@ -187,7 +187,8 @@ class _PerSampleLoop:
             ratio = stepper.error_ratio(stages, self.y, y1, h, bad)
             accepted, h_next, self.control = opts.controller.adapt_vectorized(ratio, h.abs(), self.control)
             accept = accepted & active
-            failed = active & ~accepted & ~(h_next >= opts.dtmin)  # also NaN
+            floor = (16 * EPS * self.t.abs()).clamp_min(opts.dtmin)  # as `options.step_floor`, per element
+            failed = active & ~accepted & ~(h_next >= floor)  # also NaN
             self.h_abs = torch.where(active, torch.where(accepted, h_next.clamp_max(opts.dtmax), h_next), self.h_abs)
             self.code = torch.where(failed, torch.where(torch.isfinite(ratio), _DT_LESS_THAN_MIN, _UNSTABLE), self.code)
         else:

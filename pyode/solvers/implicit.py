@@ -48,6 +48,10 @@ class AbstractImplicitSolver(AbstractSolver):
     stability: ClassVar[str] = ""
     dense_order: ClassVar[int] = 3
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.autodiff, bool):
+            raise TypeError(f"{type(self).__name__}: autodiff must be True or False; got {self.autodiff!r}")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()" if self.autodiff else f"{type(self).__name__}(autodiff=False)"
 
@@ -89,9 +93,6 @@ class ImplicitStepper(DenseStepper):
         if fac is None or fac.jac is not self.jac or fac.hgamma != hgamma:
             fac = self.factored = Factored(self.jac, hgamma, self.structure, self.stats)
         return fac
-
-    def scale(self, y0: torch.Tensor, y1: torch.Tensor) -> torch.Tensor:
-        return torch.maximum(y0.abs(), y1.abs()).mul_(self.rtol).add_(self.atol)
 
     def error_ratio(self, step: StepResult, rtol: float, atol: float, norm: Callable) -> torch.Tensor:
         scale = torch.maximum(step.y0.abs(), step.y1.abs()) * rtol + atol

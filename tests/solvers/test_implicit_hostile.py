@@ -185,6 +185,13 @@ def test_auto_switch_switches_on_a_problem_that_turns_stiff_and_not_otherwise():
     assert abs(float(sol.y[-1][0]) - math.cos(100.0)) < 1e-4
 
 
+def test_solver_arguments_are_checked():
+    with pytest.raises(TypeError, match="autodiff must be True or False"):
+        pyode.Rodas5P(autodiff="yes")
+    assert repr(pyode.Kvaerno5(autodiff=False)) == "Kvaerno5(autodiff=False)"
+    assert repr(pyode.AutoSwitch(pyode.Tsit5(), pyode.Rodas5P())) == "AutoSwitch(Tsit5(), Rodas5P())"
+
+
 def test_auto_switch_validates_its_methods():
     with pytest.raises(TypeError, match="explicit method must be"):
         pyode.AutoSwitch(pyode.BS3(), pyode.Rodas5P())

@@ -33,6 +33,7 @@ RETCODES: dict[str, ReturnCode] = {
     "DtLessThanMin": ReturnCode.DtLessThanMin,
     "Unstable": ReturnCode.Unstable,
     "DtNaN": ReturnCode.DtNaN,
+    "ConvergenceFailure": ReturnCode.ConvergenceFailure,
 }
 
 
