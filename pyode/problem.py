@@ -244,8 +244,6 @@ class ODEProblem:
                 f"integral_parts must be an int from 0 to {n_parts - 1} (the state has {n_parts} part(s) and at "
                 f"least one must be dynamic); got {integral_parts!r}"
             )
-        if integral_parts and independent_batch:
-            raise ValueError("independent_batch and integral_parts cannot be combined")
         object.__setattr__(self, "jac", jac)
         object.__setattr__(self, "independent_batch", independent_batch)
         object.__setattr__(self, "integral_parts", integral_parts)

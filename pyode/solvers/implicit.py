@@ -27,8 +27,10 @@ from .linalg import Factored, Jacobian, JacobianBuilder, Structure
 
 # Newton: iterations per stage, and the tolerance κ on the estimated error of the iterate in
 # the step's own scaled norm (Hairer & Wanner, Solving ODEs II, §IV.8, eq. (8.10)-(8.11)).
+# Hairer's κ = 0.01-0.1 left Kvaerno5's global error at 100x rtol on Van der Pol (mu = 1e6,
+# rtol 1e-7: 6.5e-5); κ = 1e-3 gives 6.4e-7 for 20% more iterations.
 _NEWTON_MAX_ITERS = 10
-_NEWTON_KAPPA = 0.01
+_NEWTON_KAPPA = 1e-3
 _NEWTON_MAX_RATE = 0.9  # a contraction rate above this fails the step
 
 
@@ -144,13 +146,12 @@ class _Rosenbrock23Stepper(ImplicitStepper):
         M = self.factor(h * d)
         if M.singular:
             return self.failed(t, y, h)
-        couple = self._coupling(t, y, f0)
-        k_1 = M.solve(f0 + (h * d) * T, couple)
+        k_1 = M.solve(f0 + (h * d) * T)
         f1 = f(t + h / 2, y + (h / 2) * k_1)
-        k_2 = M.solve(f1 - k_1, couple) + k_1
+        k_2 = M.solve(f1 - k_1) + k_1
         y1 = y + h * k_2
         f2 = f(t + h, y1)
-        k_3 = M.solve(f2 - _E32 * (k_2 - f1) - 2 * (k_1 - f0) + (h * d) * T, couple)
+        k_3 = M.solve(f2 - _E32 * (k_2 - f1) - 2 * (k_1 - f0) + (h * d) * T)
         error = (h / 6) * (k_1 - 2 * k_2 + k_3)
         return StepResult(t, h, y, y1, stages=torch.stack((k_1, k_2)), next_k1=f2, error=error)
 
@@ -158,11 +159,6 @@ class _Rosenbrock23Stepper(ImplicitStepper):
         if getattr(self, "_T_at", None) != (t, id(y)):
             self._T, self._T_at = self.builder.time_derivative(t, y, f0), (t, id(y))
         return self._T
-
-    def _coupling(self, t, y, f0):
-        if not self.structure.has_integrals:
-            return None
-        return lambda x: self.builder.directional(t, y, f0, x)
 
     @property
     def dense_needs_f1(self) -> bool:
@@ -207,8 +203,6 @@ class RosenbrockStepper(ImplicitStepper):
         M = self.factor(hg)
         if M.singular:
             return self.failed(t, y, h)
-        # Integral channels: their rows of J (at (t, y), like the rest) enter as J_qd·x_d.
-        couple = (lambda x: self.builder.directional(t, y, f0, x)) if self.structure.has_integrals else None
         u: list[torch.Tensor] = []
         for i in range(len(self.c)):
             a_row, C_row = self.a[i], self.C[i]
@@ -223,7 +217,7 @@ class RosenbrockStepper(ImplicitStepper):
                     rhs = rhs + (C_ij / h) * u_j
             if self.d[i]:
                 rhs = rhs + (self.d[i] * h) * T
-            u.append(hg * M.solve(rhs, couple))
+            u.append(hg * M.solve(rhs))
         y1 = y
         error = None
         for m_i, e_i, u_i in zip(self.m, self.e, u):
@@ -405,8 +399,8 @@ class ESDIRKStepper(ImplicitStepper):
                     if rate ** max(remaining, 1) / (1 - rate) * size > _NEWTON_KAPPA:
                         return None
                 eta = rate / (1 - rate) if rate < 1 else 1.0
-                if previous is None:  # the first iterate: judged by the last stage's rate (Hairer's η)
-                    eta = max(eta, 1e-3)
+                if previous is None:  # no rate yet: the correction itself must be below κ
+                    eta = 1.0
                 if size == 0 or eta * size <= _NEWTON_KAPPA:
                     self.rate = rate
                     return z

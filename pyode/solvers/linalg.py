@@ -4,7 +4,7 @@ The Jacobian covers the *dynamic* channels only: the leading entries of the flat
 derivative depends on the state. Trailing running-integral channels (`integral_parts` of the
 problem: an adjoint's a_θ, a running cost) neither feed back nor depend on themselves, so the
 matrix M = I - hγ·J_full is block lower-triangular, [[M_dd, 0], [-hγ J_qd, I]], and solving with
-it needs M_dd and one directional derivative of f for the coupling J_qd·x_d.
+it needs M_dd and the coupling rows J_qd, which the Jacobian's columns carry anyway.
 
 When the state is a batch of independent systems (`independent_batch=True` on the problem,
 a single tensor whose dim 0 indexes the systems) the Jacobian is block-diagonal: its B blocks
@@ -50,6 +50,7 @@ class Jacobian:
     y: torch.Tensor
     matrix: torch.Tensor
     blocked: bool
+    coupling: torch.Tensor | None = None  # J_qd: the integral channels' rows over the dynamic ones
 
     def spectral_radius(self) -> float:
         """An estimate of the largest |eigenvalue| (for automatic stiffness switching)."""
@@ -69,8 +70,9 @@ class Jacobian:
 
 
 class JacobianBuilder:
-    """Computes f's Jacobian (and ∂f/∂t) by forward-mode autodiff, finite differences, or the
-    problem's `jac`, counting each in `stats.njac`.
+    """Computes f's Jacobian (and ∂f/∂t) by autodiff (rows by reverse mode; columns by forward
+    mode when the integral channels' rows are wanted too), finite differences, or the problem's
+    `jac`, counting each in `stats.njac`.
 
     Autodiff keeps the Jacobian on the autograd graph, so that differentiating through a
     Rosenbrock step (whose result depends on J) gives the exact discrete gradient.
@@ -79,11 +81,12 @@ class JacobianBuilder:
     def __init__(self, f: Callable, structure: Structure, autodiff: bool, stats, layout=None):
         self.f, self.structure, self.autodiff, self.stats, self.layout = f, structure, autodiff, stats, layout
         self.warned = False
+        self.reverse = True  # rows by reverse mode until torch.func.vjp refuses
 
     def _fallback(self, err: Exception) -> None:
         if not self.warned:
             warnings.warn(
-                f"forward-mode autodiff of f failed ({type(err).__name__}: {str(err)[:160]}); the implicit solver "
+                f"autodiff of f (torch.func) failed ({type(err).__name__}: {str(err)[:160]}); the implicit solver "
                 "uses finite-difference Jacobians for this solve (pass autodiff=False to choose them and silence this)",
                 RuntimeWarning,
                 stacklevel=6,
@@ -94,21 +97,46 @@ class JacobianBuilder:
     def jacobian(self, t: float, y: torch.Tensor, f0: torch.Tensor) -> Jacobian:
         s = self.structure
         self.stats.njac += 1
+        blocked = s.blocks is not None
         if s.jac is not None:
-            return Jacobian(t, y, self._user(t, y), s.blocks is not None)
+            coupling = self._columns(t, y, f0)[1] if s.has_integrals else None
+            return Jacobian(t, y, self._user(t, y), blocked, coupling)
+        matrix, coupling = self._matrix(t, y, f0)
+        return Jacobian(t, y, matrix, blocked, coupling)
+
+    def _matrix(self, t, y, f0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(J over the dynamic channels, J_qd or None)."""
+        if self.autodiff and self.reverse and not self.structure.has_integrals:
+            try:
+                return self._reverse(t, y), None
+            except (RuntimeError, NotImplementedError, TypeError):
+                # torch.func.vjp refuses saved-tensor hooks (AutoAdjoint's probe, checkpointed
+                # segments) where jvp works: forward mode from here on.
+                self.reverse = False
+        return self._columns(t, y, f0)
+
+    def _columns(self, t, y, f0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """J's columns over the dynamic channels, which hold J_qd below them too."""
+        columns = None
         if self.autodiff:
             try:
-                return Jacobian(t, y, self._forward(t, y), s.blocks is not None)
+                columns = self._forward(t, y)
             except (RuntimeError, NotImplementedError, TypeError) as err:
                 self._fallback(err)
-        return Jacobian(t, y, self._differences(t, y, f0), s.blocks is not None)
+        if columns is None:
+            columns = self._differences(t, y, f0)
+        s = self.structure
+        coupling = columns[:, s.dynamic :].T if s.has_integrals else None
+        return self._arrange(columns), coupling
 
     def _basis(self, y: torch.Tensor) -> torch.Tensor:
-        """The tangents whose Jacobian–vector products give J's columns: (k, N)."""
+        """The tangents (cotangents) whose Jacobian–vector (vector–Jacobian) products give J's
+        columns (rows) over the dynamic channels: (k, N). For a batch of independent systems,
+        coordinate i of every block at once."""
         s = self.structure
         if s.blocks is None:
             return torch.eye(s.dynamic, s.numel, dtype=y.dtype, device=y.device)
-        eye = torch.eye(s.block, dtype=y.dtype, device=y.device)  # coordinate i of every block
+        eye = torch.eye(s.block, dtype=y.dtype, device=y.device)
         return eye.unsqueeze(1).expand(s.block, s.blocks, s.block).reshape(s.block, s.numel)
 
     def _arrange(self, columns: torch.Tensor) -> torch.Tensor:
@@ -119,7 +147,23 @@ class JacobianBuilder:
         # columns[i] holds, for every block b, column i of block b: (n, B, n) -> (B, n, n)
         return columns.reshape(s.block, s.blocks, s.block).permute(1, 2, 0)
 
+    def _reverse(self, t: float, y: torch.Tensor) -> torch.Tensor:
+        """J's rows by vector–Jacobian products, vmapped: reverse mode, which torch runs several
+        times faster than forward mode here (a Python float times a dual tensor costs ~0.5 ms
+        under torch.func.jvp on torch 2.13)."""
+        s = self.structure
+        count = self.stats.nfe
+        with _FORWARD_AD:
+            _, pullback = torch.func.vjp(lambda z: self.f(t, z), y)
+            (rows,) = torch.func.vmap(pullback)(self._basis(y))
+        self.stats.nfe = count  # the transformed call ran f once; njac counts it
+        if s.blocks is None:
+            return rows.to(y.dtype)
+        # rows[i] holds, for every block b, row i of block b: (n, B, n) -> (B, n, n)
+        return rows.reshape(s.block, s.blocks, s.block).permute(1, 0, 2).to(y.dtype)
+
     def _forward(self, t: float, y: torch.Tensor) -> torch.Tensor:
+        """J's columns (k, N) by Jacobian–vector products, vmapped."""
         f = self.f
 
         def jvp(v: torch.Tensor) -> torch.Tensor:
@@ -130,7 +174,7 @@ class JacobianBuilder:
             columns = torch.func.vmap(jvp)(self._basis(y))
         self.stats.nfe = count  # the transformed call ran f once symbolically; njac counts it
         # Cast: under vmap, torch 2.13 promotes `python float * 0-d dual tensor` to float64.
-        return self._arrange(columns).to(y.dtype)
+        return columns.to(y.dtype)
 
     def _differences(self, t: float, y: torch.Tensor, f0: torch.Tensor) -> torch.Tensor:
         """Forward differences, one evaluation of f per column (per coordinate of a block)."""
@@ -151,7 +195,7 @@ class JacobianBuilder:
                     widths = step.reshape(self.structure.blocks, self.structure.block).sum(-1, keepdim=True)
                     columns.append((df.reshape(self.structure.blocks, -1) / widths).reshape(-1))
         self.stats.nfe -= len(columns)  # njac counts them
-        return self._arrange(torch.stack(columns))
+        return torch.stack(columns)
 
     def _user(self, t: float, y: torch.Tensor) -> torch.Tensor:
         s = self.structure
@@ -185,33 +229,12 @@ class JacobianBuilder:
         with torch.no_grad():
             return (self.f(t + dt, y.detach()) - f0.detach()) / dt
 
-    def directional(self, t: float, y: torch.Tensor, fy: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """J_full·v at (t, y) for a direction v on the dynamic channels (zero elsewhere): the
-        coupling of the integral channels."""
-        full = torch.cat((v, v.new_zeros(self.structure.numel - v.shape[0])))
-        if self.autodiff:
-            try:
-                count = self.stats.nfe
-                with _FORWARD_AD:
-                    out = torch.func.jvp(lambda z: self.f(t, z), (y,), (full,))[1]
-                self.stats.nfe = count + 1
-                return out.to(y.dtype)
-            except (RuntimeError, NotImplementedError, TypeError) as err:
-                self._fallback(err)
-        scale = float(v.detach().abs().max())
-        if scale == 0:
-            return torch.zeros_like(fy)
-        eps = math.sqrt(torch.finfo(y.dtype).eps) * max(1.0, float(y.detach()[: v.shape[0]].abs().max())) / scale
-        with torch.no_grad():
-            return (self.f(t, y.detach() + eps * full.detach()) - fy.detach()) / eps
-
 
 class Factored:
     """M = I - hγ·J factored once (dense or batched LU), solved many times.
 
-    With integral channels the solve adds the coupling x_q = b_q + hγ·J_qd x_d when the caller
-    gives `coupling` (Rosenbrock stages need it exactly); a simplified Newton iteration may omit
-    it, at the cost of one more iteration.
+    With integral channels the solve adds their coupling x_q = b_q + hγ·J_qd x_d, J_qd read from
+    the Jacobian's columns (which hold it below the dynamic rows at no extra cost).
     """
 
     def __init__(self, jac: Jacobian, hgamma: float, structure: Structure, stats):
@@ -222,7 +245,7 @@ class Factored:
         self.lu, self.pivots, info = torch.linalg.lu_factor_ex(eye - hgamma * J)
         self.singular = bool((info != 0).any()) or not bool(torch.isfinite(self.lu).all())
 
-    def solve(self, b: torch.Tensor, coupling: Callable | None = None, adjoint: bool = False) -> torch.Tensor:
+    def solve(self, b: torch.Tensor, adjoint: bool = False) -> torch.Tensor:
         s = self.structure
         d = s.dynamic
         bd = b[:d] if s.has_integrals else b
@@ -233,7 +256,6 @@ class Factored:
             x = torch.linalg.lu_solve(self.lu, self.pivots, bd.unsqueeze(-1), adjoint=adjoint).squeeze(-1)
         if not s.has_integrals:
             return x
-        bq = b[d:]
-        if coupling is not None:
-            bq = bq + self.hgamma * coupling(x)[d:]
-        return torch.cat((x, bq))
+        if adjoint:  # x_q = b_q; the coupling enters x_d, which the caller's refinement corrects
+            return torch.cat((x, b[d:]))
+        return torch.cat((x, b[d:] + self.hgamma * torch.mv(self.jac.coupling, x)))
