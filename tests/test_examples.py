@@ -35,3 +35,19 @@ def test_example_runs(name, tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_stiff_kinetics_quick(tmp_path):
+    """The stiff-kinetics example's quick mode: Rodas5P fits Robertson's rates, Tsit5 runs out of
+    steps on the same problem, and both neural ODEs train and are costed (about 20 s)."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "stiff_kinetics.py"), "--quick"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "Tsit5()  MaxIters" in out and "Rodas5P() Success" in out, out[-3000:]
+    assert "plain" in out and "R_S" in out, out[-3000:]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
@@ -264,6 +265,12 @@ class AbstractAdjointFunction(AbstractSensitivityAlgorithm):
         """The forward solve's options (an algorithm may keep dense output, say)."""
         return opts
 
+    @property
+    def integrates_state_backward(self) -> bool:
+        """Whether the backward solve integrates z itself (backsolve-style) rather than reading it
+        from the forward solution."""
+        return False
+
     def check_solvers(self, forward: AbstractSolver, backward: AbstractSolver) -> None:
         """Fail clearly for solvers the algorithm cannot use (all are fine by default)."""
 
@@ -279,6 +286,16 @@ class AbstractAdjointFunction(AbstractSensitivityAlgorithm):
                 "pyode.LocalRegularization() works with every sensealg"
             )
         self.check_solvers(solver, self.backward_solver(solver))
+        if isinstance(solver, AbstractImplicitSolver) and self.integrates_state_backward:
+            # An implicit solver says the problem is stiff, where z integrated backward grows
+            # (fails fast on Robertson; on a mildly stiff problem it crawls instead).
+            warnings.warn(
+                f"{type(self).__name__} integrates the state backward in time, which is unstable for a stiff "
+                f"problem; with the implicit solver {solver!r} prefer InterpolatingAdjoint(), "
+                "GaussAdjoint(checkpointing=True) or DirectAdjoint()",
+                RuntimeWarning,
+                stacklevel=4,
+            )
         layout = StateLayout(prob.y0)
         y0 = layout.flatten(prob.y0)
         params = tuple(p for p in prob.params if p.requires_grad)

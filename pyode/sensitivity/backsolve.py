@@ -43,6 +43,10 @@ class BacksolveAdjoint(AbstractAdjoint):
 
     seminorm: bool = True
 
+    @property
+    def integrates_state_backward(self) -> bool:
+        return True
+
     def backward_sweep(
         self, record: ForwardRecord, grad_ys: torch.Tensor, vf: VectorField, stats: Stats
     ) -> AdjointGradients:

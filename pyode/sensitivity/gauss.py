@@ -48,6 +48,10 @@ class GaussAdjoint(AbstractAdjoint):
     nodes: int | None = None
     checkpointing: bool = False
 
+    @property
+    def integrates_state_backward(self) -> bool:
+        return not self.checkpointing
+
     def __post_init__(self) -> None:
         if self.nodes is not None and (not isinstance(self.nodes, int) or self.nodes < 1):
             raise ValueError(f"GaussAdjoint: nodes must be a positive integer; got {self.nodes}")

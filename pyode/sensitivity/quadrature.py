@@ -95,6 +95,10 @@ class QuadratureAdjoint(AbstractAdjoint):
     max_nodes: int = 64
     checkpointing: bool = False
 
+    @property
+    def integrates_state_backward(self) -> bool:
+        return not self.checkpointing
+
     def __post_init__(self) -> None:
         if not self.C > 0:
             raise ValueError(f"QuadratureAdjoint: C must be positive; got {self.C}")

@@ -43,7 +43,7 @@ def structure_of(prob, layout) -> Structure:
 
 
 class AbstractImplicitSolver(AbstractSolver):
-    """An implicit method: `autodiff=True` computes f's Jacobian by forward-mode autodiff
+    """An implicit method: `autodiff=True` computes f's Jacobian by autodiff
     (`torch.func`), `autodiff=False` by finite differences; a problem's `jac` overrides both."""
 
     autodiff: bool = True
@@ -340,7 +340,9 @@ class ESDIRKStepper(ImplicitStepper):
                     rhs = rhs + (h * a_ij) * k_im[j]
                 if self.ex is not None and self.ex[i][j]:
                     rhs = rhs + (h * self.ex[i][j]) * k_ex[j]
-            guess = z if i > 1 else y + (self.c[i] * h) * k_im0
+            # The previous stage (y for the first): an explicit predictor y + c·h·f(y) is
+            # unstable in the stiff components, and started Newton 1e5 tolerances away on HIRES.
+            guess = z
             z_star = self._newton(f_im, ti, rhs, guess, hg, fac, scale)
             if z_star is None:
                 return self.failed(t, y, h)
@@ -396,7 +398,9 @@ class ESDIRKStepper(ImplicitStepper):
                         return None
                     remaining = _NEWTON_MAX_ITERS - it - 1
                     # A rate that cannot reach the tolerance within the iterations left fails now.
-                    if rate ** max(remaining, 1) / (1 - rate) * size > _NEWTON_KAPPA:
+                    # (against the tolerance itself, not κ: a stage that reaches κ in more
+                    # iterations than predicted is still worth finishing)
+                    if rate ** max(remaining, 1) / (1 - rate) * size > 1.0:
                         return None
                 eta = rate / (1 - rate) if rate < 1 else 1.0
                 if previous is None:  # no rate yet: the correction itself must be below κ
@@ -471,7 +475,9 @@ class _TransposeSolve:
             u, size = self._refine(
                 out, z, v, Factored(exact, self.hg, self.fac.structure, self.stats), 64 * eps * v_norm, u
             )
-            if size > math.sqrt(eps) * v_norm:
+            # Refinement stalls at the conditioning of M times eps (3e-8 relative measured for
+            # KenCarp4 on Robertson); a residual above 1e-3·sqrt(eps)⁻¹·eps ≈ 1e-6 is a failure.
+            if size > 1e-6 * v_norm:
                 raise RuntimeError(
                     "the implicit-function gradient of an ESDIRK stage did not converge (residual "
                     f"{size / v_norm:.2e} relative): the stage's linear system is too ill-conditioned to differentiate"
