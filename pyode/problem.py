@@ -178,7 +178,7 @@ class ODEProblem:
         jac: ∂f/∂y for the implicit solvers, called as `jac(t, y)`; it returns an (N, N) matrix
             over the flattened state (N = its number of entries), or with `independent_batch`
             a (B, n, n) tensor of the B systems' own Jacobians. By default the solvers compute
-            it by forward-mode autodiff (or finite differences with `autodiff=False`).
+            it by autodiff (or finite differences with `autodiff=False`).
         independent_batch: dim 0 of a tensor y0 of shape (B, ...) indexes B independent systems:
             element b's derivative reads element b only. The implicit solvers then build and
             factor B blocks of n×n (n = y0[0].numel()) rather than one (B·n)² matrix.
