@@ -68,6 +68,8 @@ class ImplicitStepper(DenseStepper):
         self.builder: JacobianBuilder | None = None
         self.jac: Jacobian | None = None
         self.factored: Factored | None = None
+        self._T: torch.Tensor | None = None
+        self._T_for: Jacobian | None = None  # the Jacobian _T was computed beside
         self.rtol, self.atol, self.norm = 1e-3, 1e-6, None
         self.stats = None
 
@@ -89,6 +91,13 @@ class ImplicitStepper(DenseStepper):
             jac = self.jac = self.builder.jacobian(t, y, f0)
             self.factored = None
         return jac
+
+    def time_derivative_at(self, t: float, y: torch.Tensor, f0: torch.Tensor) -> torch.Tensor:
+        """∂f/∂t at the step's start, kept with the Jacobian for a rejected step's retries."""
+        jac = self.jac
+        if self._T_for is not jac:
+            self._T, self._T_for = self.builder.time_derivative(t, y, f0), jac
+        return self._T
 
     def factor(self, hgamma: float) -> Factored:
         fac = self.factored
@@ -142,7 +151,7 @@ class _Rosenbrock23Stepper(ImplicitStepper):
         f, d = self.f, _D23
         f0 = k1
         self.jacobian_at(t, y, f0)
-        T = self._tgrad(t, y, f0)
+        T = self.time_derivative_at(t, y, f0)
         M = self.factor(h * d)
         if M.singular:
             return self.failed(t, y, h)
@@ -154,11 +163,6 @@ class _Rosenbrock23Stepper(ImplicitStepper):
         k_3 = M.solve(f2 - _E32 * (k_2 - f1) - 2 * (k_1 - f0) + (h * d) * T)
         error = (h / 6) * (k_1 - 2 * k_2 + k_3)
         return StepResult(t, h, y, y1, stages=torch.stack((k_1, k_2)), next_k1=f2, error=error)
-
-    def _tgrad(self, t, y, f0):
-        if getattr(self, "_T_at", None) != (t, id(y)):
-            self._T, self._T_at = self.builder.time_derivative(t, y, f0), (t, id(y))
-        return self._T
 
     @property
     def dense_needs_f1(self) -> bool:
@@ -199,7 +203,7 @@ class RosenbrockStepper(ImplicitStepper):
         f, hg = self.f, h * self.gamma
         f0 = k1
         self.jacobian_at(t, y, f0)
-        T = self.builder.time_derivative(t, y, f0) if self.uses_time else None
+        T = self.time_derivative_at(t, y, f0) if self.uses_time else None
         M = self.factor(hg)
         if M.singular:
             return self.failed(t, y, h)
