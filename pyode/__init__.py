@@ -7,8 +7,11 @@ from .backends.julia import _runtime as _julia_runtime
 if _julia_runtime.wanted_at_import():
     _julia_runtime.import_at_startup()
 
+from . import cde as cde
 from . import julia as julia
 from . import nn as nn
+from . import terms as terms
+from .compat import cdeint as cdeint
 from .compat import odeint as odeint
 from .compat import odeint_adjoint as odeint_adjoint
 from .compat import odeint_event as odeint_event
@@ -19,6 +22,7 @@ from .norms import make_seminorm as make_seminorm
 from .norms import max_norm as max_norm
 from .norms import mixed_norm as mixed_norm
 from .norms import rms_norm as rms_norm
+from .problem import CDEProblem as CDEProblem
 from .problem import ODEProblem as ODEProblem
 from .problem import ReturnCode as ReturnCode
 from .problem import Solution as Solution

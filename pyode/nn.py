@@ -1,4 +1,4 @@
-"""`NeuralODE`: a solve as an `nn.Module`, for training loops."""
+"""`NeuralODE` and `NeuralCDE`: a solve as an `nn.Module`, for training loops."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .problem import ODEProblem, Solution, State
+from .problem import CDEProblem, ODEProblem, Solution, State
 from .regularizers import LocalRegularization, Regularization
 from .solve import solve
 from .solvers import Tsit5
@@ -103,3 +103,72 @@ class NeuralODE(nn.Module):
 
     def extra_repr(self) -> str:
         return f"tspan={self.tspan}, solver={self.solver!r}, sensealg={self.sensealg!r}, rtol={self.rtol}, atol={self.atol}"
+
+
+class NeuralCDE(nn.Module):
+    """dz = vector_field(t, z) dX(t) as a module: `forward(X, z0)` returns the `Solution` of the
+    neural CDE driven by the path X (Kidger, Morrill, Foster & Lyons, "Neural controlled
+    differential equations for irregular time series", NeurIPS 2020).
+
+    The usual model around it reads z0 from the data's first observation and a prediction from
+    the final state: `z0 = initial(X.evaluate(X.knots[0]))`, `y = readout(sol.y[-1])`.
+
+    Args:
+        vector_field: an `nn.Module` called as `vector_field(t, z)`, returning (..., hidden,
+            channels) for z of shape (..., hidden).
+        solver: the method (`Tsit5()` by default).
+        sensealg: how gradients flow back (`DirectAdjoint()` by default); with an adjoint the
+            parameters of the vector field, and the path's tensors that require grad, are
+            differentiated.
+        rtol, atol: tolerances; torchcde's defaults (1e-4, 1e-6), looser than `solve`'s, as data
+            paths rarely justify more.
+        stop_at_knots: see `pyode.CDEProblem`.
+        **solve_kwargs: any other keyword of `pyode.solve`.
+    """
+
+    def __init__(
+        self,
+        vector_field: nn.Module,
+        solver: AbstractSolver | None = None,
+        sensealg: Any = None,
+        rtol: float = 1e-4,
+        atol: float = 1e-6,
+        stop_at_knots: bool | None = None,
+        **solve_kwargs: Any,
+    ):
+        super().__init__()
+        if not isinstance(vector_field, nn.Module):
+            raise TypeError(
+                f"NeuralCDE: vector_field must be an nn.Module called as f(t, z); got {type(vector_field).__name__}"
+            )
+        self.vector_field = vector_field
+        self.solver = solver if solver is not None else Tsit5()
+        self.sensealg = sensealg
+        self.rtol, self.atol = rtol, atol
+        self.stop_at_knots = stop_at_knots
+        self.solve_kwargs = solve_kwargs
+
+    def forward(
+        self,
+        X: Any,
+        z0: State,
+        saveat: torch.Tensor | Sequence[float] | None = None,
+        tspan: Sequence[float] | None = None,
+    ) -> Solution:
+        """Solve over `tspan` (the path's knots by default), saving at `saveat` (every step by
+        default)."""
+        params = [p for p in self.vector_field.parameters() if p.requires_grad]
+        params += [p for p in (X.tensors() if callable(getattr(X, "tensors", None)) else ()) if p.requires_grad]
+        prob = CDEProblem(self.vector_field, X, z0, tspan, params, stop_at_knots=self.stop_at_knots)
+        return solve(
+            prob,
+            self.solver,
+            saveat=saveat,
+            rtol=self.rtol,
+            atol=self.atol,
+            sensealg=self.sensealg,
+            **self.solve_kwargs,
+        )
+
+    def extra_repr(self) -> str:
+        return f"solver={self.solver!r}, sensealg={self.sensealg!r}, rtol={self.rtol}, atol={self.atol}"

@@ -291,6 +291,128 @@ class SplitODEProblem(ODEProblem):
         object.__setattr__(self, "f_nonstiff", f_nonstiff)
 
 
+@dataclass(frozen=True, init=False)
+class CDEProblem:
+    """dz = f(t, z) dX(t): a controlled differential equation driven by a path X through data, on
+    `tspan` with z(tspan[0]) = z0. Along a differentiable path it is the ODE
+    dz/dt = f(t, z) · dX/dt, which every solver and sensitivity algorithm of pyode solves.
+
+    Args:
+        f: the vector field, called as `f(t, z)`; it returns a matrix of shape (*z.shape, channels)
+            (a tuple of them for a tuple state), or has a method `prod(t, z, dXdt)` returning
+            f(t, z) · dX/dt itself (torchcde's convention). The path's batch dimensions come
+            first in z: data x of shape (B, length, channels) drives a state of shape (B, hidden).
+        X: the control, a path from `pyode.cde` (`natural_cubic_spline`, `hermite_cubic_backward`,
+            `linear`, `rectilinear`) or any object with `evaluate(t)`, `derivative(t)` and `knots`.
+        z0: the initial state, as `ODEProblem`'s y0.
+        tspan: (t0, t1) inside the path's knots; by default the whole path (its first and last knot).
+        params: the tensors the adjoints differentiate: by default the parameters of f (an
+            `nn.Module`) and the tensors of the path that require grad, so gradients reach the
+            data too.
+        stop_at_knots: make the steps land on the path's knots. By default they do where the
+            path's derivative jumps (`linear`, `rectilinear`: the knots are then
+            discontinuities, where the next step restarts with the derivative after the knot)
+            or its second derivative jumps (`hermite_cubic_backward`), and do not for the C²
+            natural cubic spline, whose knots the error control handles.
+
+    Attributes:
+        term: the `pyode.terms.ControlTerm(f, X)`.
+        y0: z0 (the name `solve` and `Solution` use).
+    """
+
+    f: Callable
+    control: Any
+    y0: State
+    tspan: tuple[TimeLike, TimeLike]
+    params: tuple[torch.Tensor, ...] = ()
+    stop_at_knots: bool | None = None
+    term: Any = field(default=None, repr=False, compare=False)
+
+    def __init__(
+        self,
+        f: Callable,
+        X: Any,
+        z0: State,
+        tspan: Sequence[TimeLike] | None = None,
+        params: Sequence[torch.Tensor] | None = None,
+        *,
+        stop_at_knots: bool | None = None,
+    ):
+        from .terms import ControlTerm
+
+        term = ControlTerm(f, X)  # checks f and X
+        knots = getattr(X, "knots", None)
+        if not isinstance(knots, torch.Tensor) or knots.dim() != 1 or knots.shape[0] < 2:
+            raise TypeError(
+                f"X must be a path with knots (a 1-D tensor of at least 2 times), such as pyode.cde.natural_cubic_spline"
+                f"(t, x); got {type(X).__name__}"
+            )
+        _check_state(z0)
+        part = z0[0] if isinstance(z0, tuple) else z0
+        if knots.dtype != part.dtype or knots.device != part.device:
+            raise TypeError(
+                f"X is {knots.dtype} on {knots.device} but z0 is {part.dtype} on {part.device}: build the path from "
+                "data of z0's dtype and device, or pass X.to(z0)"
+            )
+        first, last = float(knots[0]), float(knots[-1])
+        if tspan is None:
+            tspan = (first, last)
+        if isinstance(tspan, torch.Tensor):
+            if tspan.shape != (2,):
+                raise ValueError(f"tspan must hold two times (t0, t1); got a tensor of shape {tuple(tspan.shape)}")
+            tspan = (tspan[0], tspan[1])
+        if not isinstance(tspan, (tuple, list)) or len(tspan) != 2:
+            raise ValueError(f"tspan must be a pair (t0, t1); got {tspan!r}")
+        t0, t1 = _as_time(tspan[0], "tspan[0]"), _as_time(tspan[1], "tspan[1]")
+        slack = 4 * torch.finfo(knots.dtype).eps * max(abs(first), abs(last), 1.0)
+        for name, value in (("tspan[0]", t0), ("tspan[1]", t1)):
+            v = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+            if not first - slack <= v <= last + slack:
+                raise ValueError(
+                    f"{name} = {v:.6g} lies outside the path's knots [{first:.6g}, {last:.6g}]: the path would be "
+                    "extrapolated beyond the data"
+                )
+        if stop_at_knots is not None and not isinstance(stop_at_knots, bool):
+            raise TypeError(f"stop_at_knots must be True, False or None; got {stop_at_knots!r}")
+        if params is None:
+            found: list[torch.Tensor] = list(f.parameters()) if isinstance(f, torch.nn.Module) else []
+            tensors = X.tensors() if callable(getattr(X, "tensors", None)) else ()
+            found.extend(p for p in tensors if p.requires_grad and all(p is not q for q in found))
+            params = tuple(found)
+        else:
+            params = tuple(params)
+            for i, p in enumerate(params):
+                if not isinstance(p, torch.Tensor):
+                    raise TypeError(f"params[{i}] must be a torch.Tensor; got {type(p).__name__}")
+        object.__setattr__(self, "f", f)
+        object.__setattr__(self, "control", X)
+        object.__setattr__(self, "y0", z0)
+        object.__setattr__(self, "tspan", (t0, t1))
+        object.__setattr__(self, "params", params)
+        object.__setattr__(self, "stop_at_knots", stop_at_knots)
+        object.__setattr__(self, "term", term)
+
+    @property
+    def z0(self) -> State:
+        return self.y0
+
+    def as_ode(self) -> ODEProblem:
+        """The ODE dz/dt = f(t, z) · dX/dt on the same span, with the same params."""
+        return ODEProblem(self.term.ode_field(), self.y0, self.tspan, self.params)
+
+    def knot_stops(self) -> tuple[list[float], list[float]]:
+        """(tstops, d_discontinuities): the knots strictly inside the span that steps land on,
+        split by whether the path's derivative jumps there."""
+        smoothness = getattr(self.control, "smoothness", 0)
+        stop = self.stop_at_knots if self.stop_at_knots is not None else smoothness < 2
+        if not stop:
+            return [], []
+        t0, t1 = (float(t.detach()) if isinstance(t, torch.Tensor) else float(t) for t in self.tspan)
+        lo, hi = min(t0, t1), max(t0, t1)
+        inside = [k for k in self.control.knots.detach().cpu().tolist() if lo < k < hi]
+        return ([], inside) if smoothness == 0 else (inside, [])
+
+
 class _Sum:
     """f_stiff + f_nonstiff, for tensor or tuple states."""
 

@@ -14,7 +14,7 @@ from .integrate.events import Event
 from .integrate.options import time_span
 from .integrate.record import Observer
 from .norms import Norm
-from .problem import ODEProblem, Solution
+from .problem import CDEProblem, ODEProblem, Solution
 from .regularizers import LocalRegularization, Regularization, local_estimates
 from .sensitivity import AbstractSensitivityAlgorithm, AutoAdjoint, DirectAdjoint, ReversibleAdjoint
 from .sensitivity.events import solve_segments
@@ -25,7 +25,7 @@ from .step_control import AbstractController
 
 
 def solve(
-    prob: ODEProblem,
+    prob: ODEProblem | CDEProblem,
     solver: AbstractSolver,
     *,
     saveat: torch.Tensor | Sequence[float] | None = None,
@@ -55,7 +55,8 @@ def solve(
     """Integrate `prob.f` over `prob.tspan` starting at `prob.y0`.
 
     Args:
-        prob: the `ODEProblem`.
+        prob: an `ODEProblem`, or a `CDEProblem` (solved as the ODE dz/dt = f(t, z)·dX/dt, with the
+            path's knots added to `tstops` or `d_discontinuities` as `CDEProblem` describes).
         solver: the time-stepping method, e.g. `Tsit5()`.
         saveat: times (1-D, strictly monotone in the direction of integration, inside tspan) at
             which to return the solution, reached by dense interpolation rather than by shortening
@@ -125,6 +126,11 @@ def solve(
     """
     if backend not in ("torch", "julia"):
         raise ValueError(f'backend must be "torch" or "julia"; got {backend!r}')
+    user_prob = prob
+    if isinstance(prob, CDEProblem):
+        prob, tstops, d_discontinuities = _lower_cde(prob, tstops, d_discontinuities, batch_axis, backend)
+    elif not isinstance(prob, ODEProblem):
+        raise TypeError(f"prob must be a pyode.ODEProblem or pyode.CDEProblem; got {type(prob).__name__}")
     if backend == "julia":
         asked = dict(
             events=events, d_discontinuities=d_discontinuities, observers=observers, progress=progress, compile=compile
@@ -171,7 +177,6 @@ def solve(
         batch_axis=batch_axis,
     )
 
-    user_prob = prob
     device = StateLayout(prob.y0).device
     autocast = autocast_in_force(device) if backend == "torch" else None
     if autocast is not None:
@@ -207,6 +212,30 @@ def solve(
         sol = run(opts) if local is None else _locally_regularized(prob, opts, run, local, backend)
     sol.prob = user_prob
     return sol
+
+
+def _lower_cde(
+    prob: CDEProblem, tstops: Any, d_discontinuities: Any, batch_axis: int | None, backend: str
+) -> tuple[ODEProblem, Any, Any]:
+    """A CDE as the ODE it amounts to, with the path's knots joined to the steps' stops."""
+    if backend == "julia":
+        raise ValueError('CDEProblem: controlled differential equations run on backend="torch" only')
+    stops, jumps = prob.knot_stops()
+    if jumps and batch_axis is not None:
+        raise ValueError(
+            "batch_axis=0 with a piecewise-linear path (linear, rectilinear): its derivative jumps at every knot, "
+            "where each step must restart, which the per-sample loop does not do. Use hermite_cubic_backward (C¹, "
+            "also causal) or natural_cubic_spline, or solve without batch_axis"
+        )
+
+    def joined(given: Any, extra: list[float]) -> Any:
+        if not extra:
+            return given
+        if given is None:
+            return extra
+        return list(given.tolist() if isinstance(given, torch.Tensor) else given) + extra
+
+    return prob.as_ode(), joined(tstops, stops), joined(d_discontinuities, jumps)
 
 
 def _locally_regularized(

@@ -71,7 +71,14 @@ def backward_options(
     opts = record.opts
     solver = sensealg.solver or record.solver
     prob = ODEProblem(lambda t, y: y, torch.zeros(1), (t_from, t_to))
-    common = dict(saveat=[t_to], internalnorm=norm, max_steps=opts.max_steps, dense=False, compile=opts.compile)
+    common = dict(
+        saveat=[t_to],
+        internalnorm=norm,
+        max_steps=opts.max_steps,
+        dense=False,
+        compile=opts.compile,
+        **stops_within(opts, t_from, t_to),
+    )
     if opts.adaptive and solver.adaptive:
         # Per-element tolerances are the forward state's; the adjoint state takes the tightest.
         rtol = _tightest(sensealg.rtol if sensealg.rtol is not None else opts.rtol)
@@ -82,6 +89,16 @@ def backward_options(
             f"{type(sensealg).__name__}: the backward solver {solver!r} steps with a fixed dt, but the forward solve was adaptive; give an adaptive backward solver"
         )
     return make_options(prob, solver, dt=opts.dt, adaptive=False, **common)
+
+
+def stops_within(opts: SolveOptions, t_from: float, t_to: float) -> dict:
+    """The forward solve's tstops and discontinuities strictly inside (t_from, t_to), for a
+    solve over part of the span in either direction: a backward solve steps on them too (a
+    CDE's knots, a dose), or its error control meets the kinks the forward solve stepped to."""
+    lo, hi = min(t_from, t_to), max(t_from, t_to)
+    jumps = [s for s in opts.discontinuities if lo < s < hi]
+    stops = [s for s in opts.tstops if lo < s < hi and s not in opts.discontinuities]
+    return {"tstops": stops or None, "d_discontinuities": jumps or None}
 
 
 def require_dense(algorithm: AbstractAdjoint, solver: AbstractSolver, role: str) -> None:
@@ -236,6 +253,7 @@ def recompute(record: ForwardRecord, start: torch.Tensor, t_from: float, t_to: f
         max_steps=opts.max_steps,
         dense=True,
         compile=opts.compile,
+        **stops_within(opts, t_from, t_to),
     )
     with torch.no_grad():
         sol = integrate(prob, record.solver, interval_opts, throw=True)

@@ -144,6 +144,9 @@ def _checkpointed(prob: ODEProblem, solver: AbstractSolver, opts: SolveOptions, 
                 dt=longest,
                 adaptive=False,
                 tstops=ends[a + 1 : b],
+                # steps that landed on a discontinuity replay with the same times (the stages
+                # there see the time before it, the next step restarts after it)
+                d_discontinuities=[e for e in ends[a : b + 1] if e in opts.discontinuities] or None,
                 max_steps=opts.max_steps + 1,
                 dense=False,
                 time_dtype=opts.time_dtype,

@@ -30,7 +30,7 @@ from ..integrate.per_sample import integrate_per_sample
 from ..integrate.per_sample_step import rms_rows
 from ..problem import ElementStats, ODEProblem, ReturnCode, Stats
 from ..solvers.runge_kutta import AbstractExplicitRK
-from .adjoint import _first_order_only, _tightest
+from .adjoint import _first_order_only, _tightest, stops_within
 from .quadrature import gauss_legendre
 from .vector_field import VectorField, _check_independent
 
@@ -254,7 +254,10 @@ def _sweep(record: _Record, grad_ys: torch.Tensor, field: _Field, stats: Stats):
 def _backward_options(sensealg: GaussAdjoint, opts: SolveOptions, prob: ODEProblem, solver) -> SolveOptions:
     """As `adjoint.backward_options`: the backward tolerances (the forward ones, tightest entry),
     saving only the interval's end; a fixed-step forward solve gets fixed steps of its dt."""
-    common = dict(saveat=[prob.tspan[1]], max_steps=opts.max_steps, dense=False, batch_axis=0)
+    t_from, t_to = (float(t) for t in prob.tspan)
+    common = dict(
+        saveat=[t_to], max_steps=opts.max_steps, dense=False, batch_axis=0, **stops_within(opts, t_from, t_to)
+    )
     if opts.adaptive and solver.adaptive:
         rtol = _tightest(sensealg.rtol if sensealg.rtol is not None else opts.rtol)
         atol = _tightest(sensealg.atol if sensealg.atol is not None else opts.atol)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -21,6 +22,7 @@ from .adjoint import (
     backward_interval,
     require_dense,
     state_and_adjoint,
+    stops_within,
     sweep,
 )
 from .vector_field import VectorField
@@ -113,6 +115,24 @@ class QuadratureAdjoint(AbstractAdjoint):
     def check_solvers(self, forward: AbstractSolver, backward: AbstractSolver) -> None:
         require_dense(self, backward, "backward")
 
+    def rule(self, record: ForwardRecord, t_to: float, t_from: float) -> list[tuple[float, float]]:
+        """(node, weight) pairs of ∫_{t_to}^{t_from}, in the order the backward solve meets them.
+        The interval is split at the forward solve's stops inside it (a CDE's knots, where the
+        integrand has a kink; a discontinuity of f), one Gauss–Legendre rule per piece with its
+        share of the interval's nodes (at least one): a single rule across a kink converges
+        slowly."""
+        n = self.nodes(record, t_to, t_from)
+        stops = stops_within(record.opts, t_from, t_to)
+        cuts = sorted({t_to, t_from, *(stops["tstops"] or ()), *(stops["d_discontinuities"] or ())})
+        length = abs(t_from - t_to)
+        pairs = []
+        for lo, hi in itertools.pairwise(cuts):
+            x, w = gauss_legendre(min(max(math.ceil(n * (hi - lo) / length), 1), self.max_nodes))
+            half, mid = (hi - lo) / 2, (hi + lo) / 2
+            sign = 1.0 if t_from >= t_to else -1.0  # the weights of ∫_{t_to}^{t_from}
+            pairs.extend((mid + half * xi, sign * half * wi) for xi, wi in zip(x, w))
+        return sorted(pairs, key=lambda p: -(p[0] - t_to) / (t_from - t_to))
+
     def backward_sweep(
         self, record: ForwardRecord, grad_ys: torch.Tensor, vf: VectorField, stats: Stats
     ) -> AdjointGradients:
@@ -123,13 +143,7 @@ class QuadratureAdjoint(AbstractAdjoint):
 
         def interval(k: int, t_from: float, t_to: float, a: torch.Tensor) -> torch.Tensor:
             nonlocal dt
-            x, w = gauss_legendre(self.nodes(record, t_to, t_from))
-            half, mid = (t_from - t_to) / 2, (t_from + t_to) / 2
-            # Nodes in the order the backward solve meets them, with weights of ∫_{t_to}^{t_from}.
-            pending = sorted(
-                zip((mid + half * xi for xi in x), (half * wi for wi in w)),
-                key=lambda p: -(p[0] - t_to) / (t_from - t_to),
-            )
+            pending = self.rule(record, t_to, t_from)
 
             def on_step(t, h, s0, s1, r):
                 end = t + h
