@@ -149,6 +149,13 @@ def _matvec(matrix: Any, dX: torch.Tensor, name: str) -> torch.Tensor:
             f"{name} has shape {tuple(matrix.shape)}, whose leading dimensions do not match the path's batch shape "
             f"{tuple(dX.shape[:-1])} (the state's batch dimensions come first and must match the data's)"
         ) from None
+    if matrix.dtype != dX.dtype:
+        if matrix.dtype not in (torch.float16, torch.bfloat16):
+            raise TypeError(
+                f"{name} returned dtype {matrix.dtype}, but the path is {dX.dtype}; the vector field must return "
+                "the state's dtype (half precision under torch.autocast is cast back)"
+            )
+        dX = dX.to(matrix.dtype)
     if matrix.dim() - 1 == k + 1:  # state (*batch, hidden): a batched matrix–vector product
         return (matrix @ dX.unsqueeze(-1)).squeeze(-1)
     return (matrix * dX.view(*dX.shape[:-1], *[1] * (matrix.dim() - 1 - k), channels)).sum(-1)

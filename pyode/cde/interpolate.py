@@ -127,6 +127,11 @@ def rectilinear(t: torch.Tensor | None, x: torch.Tensor, time_channel: int | Non
     mid = (t[:-1] + t[1:]) / 2
     knots = torch.stack([t[:-1], mid], dim=-1).reshape(-1)
     knots = torch.cat([knots, t[-1:]])
+    if not bool((knots[1:] > knots[:-1]).all()):
+        raise ValueError(
+            f"rectilinear: two times of t are too close for a midpoint between them in {t.dtype} (the path moves "
+            "time and values on either half of each interval); use float64 data or shift t toward 0"
+        )
     return LinearPath(knots, held)
 
 

@@ -150,6 +150,8 @@ class CubicPath(AbstractPath):
         return b + s * (2 * c + 3 * s * d)
 
     def derivative_each(self, t: torch.Tensor) -> torch.Tensor:
+        if self.coeffs.dim() < 4:
+            raise ValueError("derivative_each needs a path with a batch dimension (data of shape (B, length, channels))")
         index, s = self._piece(self._times(t))
         _, b, c, d = _gather_each(self.coeffs, index, dim=-3).unbind(-2)
         s = s.view(-1, *[1] * (b.dim() - 1))
@@ -250,3 +252,5 @@ def _check_knots(knots: torch.Tensor) -> None:
     if not isinstance(knots, torch.Tensor) or knots.dim() != 1 or knots.shape[0] < 2:
         shape = tuple(knots.shape) if isinstance(knots, torch.Tensor) else type(knots).__name__
         raise ValueError(f"knots must be a 1-D tensor of at least 2 times; got {shape}")
+    if not bool((knots[1:] > knots[:-1]).all()) or not bool(torch.isfinite(knots).all()):
+        raise ValueError(f"knots must be finite and strictly increasing (in {knots.dtype})")

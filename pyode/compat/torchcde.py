@@ -51,6 +51,11 @@ def linear_interpolation_coeffs(
         return interpolate.linear(t, x).values
     if isinstance(rectilinear, bool) or not isinstance(rectilinear, int):
         raise ValueError(f"rectilinear must be the index of the time channel (an int); got {rectilinear!r}")
+    if t is not None and (not isinstance(t, torch.Tensor) or t.shape != (2 * x.shape[-2] - 1,)):
+        raise ValueError(
+            f"linear_interpolation_coeffs: with rectilinear, t parameterizes the {2 * x.shape[-2] - 1} rows of the "
+            f"rectilinear data (as in torchcde), so it must have shape ({2 * x.shape[-2] - 1},)"
+        )
     return interpolate.rectilinear(None, x, time_channel=rectilinear).values
 
 
