@@ -401,16 +401,20 @@ class CDEProblem:
         return ODEProblem(self.term.ode_field(), self.y0, self.tspan, self.params)
 
     def knot_stops(self) -> tuple[list[float], list[float]]:
-        """(tstops, d_discontinuities): the knots strictly inside the span that steps land on,
-        split by whether the path's derivative jumps there."""
+        """(tstops, d_discontinuities): the knots that steps land on, split by whether the
+        path's derivative jumps there (then the knots on the span's ends count too)."""
         smoothness = getattr(self.control, "smoothness", 0)
         stop = self.stop_at_knots if self.stop_at_knots is not None else smoothness < 2
         if not stop:
             return [], []
         t0, t1 = (float(t.detach()) if isinstance(t, torch.Tensor) else float(t) for t in self.tspan)
         lo, hi = min(t0, t1), max(t0, t1)
-        inside = [k for k in self.control.knots.detach().cpu().tolist() if lo < k < hi]
-        return ([], inside) if smoothness == 0 else (inside, [])
+        knots = self.control.knots.detach().cpu().tolist()
+        if smoothness == 0:
+            # on the span's ends too: a solve that starts on an interior knot reads the slope
+            # after it, one that ends there the slope before it (a knot alone reads the left piece)
+            return [], [k for k in knots[1:-1] if lo <= k <= hi]
+        return [k for k in knots if lo < k < hi], []
 
 
 class _Sum:

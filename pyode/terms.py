@@ -121,13 +121,29 @@ class ControlledField:
         self.term = term
         self.prod_by_f = callable(getattr(term.f, "prod", None))
 
+    def compile_key(self, code_of: Callable) -> tuple:
+        """What identifies this field's computation for the compiled-step cache: the vector
+        field's, the path's type and its tensors' shapes."""
+        control = self.term.control
+        shapes = tuple(tuple(x.shape) for x in control.tensors()) if callable(getattr(control, "tensors", None)) else ()
+        return code_of(self.term.f), type(control), shapes
+
     def __call__(self, t: torch.Tensor, y: State) -> State:
         control = self.term.control
         each = isinstance(t, torch.Tensor) and t.dim() == 1
         dX = control.derivative_each(t) if each else control.derivative(t)
         if self.prod_by_f:
             return self.term.f.prod(t, y, dX)
-        return self.term.prod(self.term.f(t, y), dX)
+        matrix = self.term.f(t, y)
+        parts, states = (matrix, y) if isinstance(y, tuple) else ((matrix,), (y,))
+        for i, (m, z) in enumerate(zip(parts, states)):
+            if isinstance(m, torch.Tensor) and m.shape[:-1] != z.shape:
+                name = f"f(t, z)[{i}]" if isinstance(y, tuple) else "f(t, z)"
+                raise ValueError(
+                    f"{name} returned shape {tuple(m.shape)} for a state of shape {tuple(z.shape)}: a CDE's vector "
+                    f"field returns a matrix of shape (*state, channels) = {(*z.shape, dX.shape[-1])}"
+                )
+        return self.term.prod(matrix, dX)
 
 
 def _matvec(matrix: Any, dX: torch.Tensor, name: str) -> torch.Tensor:

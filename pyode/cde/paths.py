@@ -88,7 +88,7 @@ class AbstractPath:
         belongs to the piece on its left; times outside the knots extend the end pieces."""
         knots = self.knots
         index = (torch.bucketize(t.detach().contiguous(), knots.detach()) - 1).clamp(0, knots.shape[0] - 2)
-        return index, t - knots[index]
+        return index, t - _take(knots, 0, index)
 
 
 class CubicPath(AbstractPath):
@@ -138,14 +138,14 @@ class CubicPath(AbstractPath):
 
     def evaluate(self, t: TimeArg) -> torch.Tensor:
         index, s = self._piece(self._times(t))
-        piece = self.coeffs[..., index, :, :]
+        piece = _take(self.coeffs, -3, index)
         s = s.unsqueeze(-1)
         a, b, c, d = piece.unbind(-2)
         return a + s * (b + s * (c + s * d))
 
     def derivative(self, t: TimeArg) -> torch.Tensor:
         index, s = self._piece(self._times(t))
-        _, b, c, d = self.coeffs[..., index, :, :].unbind(-2)
+        _, b, c, d = _take(self.coeffs, -3, index).unbind(-2)
         s = s.unsqueeze(-1)
         return b + s * (2 * c + 3 * s * d)
 
@@ -200,8 +200,8 @@ class LinearPath(AbstractPath):
         return self.values.shape[:-2]
 
     def _slope(self, index: torch.Tensor, gather=None) -> torch.Tensor:
-        take = (lambda i: self.values[..., i, :]) if gather is None else (lambda i: _gather_each(self.values, i))
-        width = self.knots[index + 1] - self.knots[index]
+        take = (lambda i: _take(self.values, -2, i)) if gather is None else (lambda i: _gather_each(self.values, i))
+        width = _take(self.knots, 0, index + 1) - _take(self.knots, 0, index)
         if gather is not None:
             width = width.view(-1, *[1] * (self.values.dim() - 2))
         else:
@@ -210,7 +210,7 @@ class LinearPath(AbstractPath):
 
     def evaluate(self, t: TimeArg) -> torch.Tensor:
         index, s = self._piece(self._times(t))
-        return self.values[..., index, :] + s.unsqueeze(-1) * self._slope(index)
+        return _take(self.values, -2, index) + s.unsqueeze(-1) * self._slope(index)
 
     def derivative(self, t: TimeArg) -> torch.Tensor:
         index, _ = self._piece(self._times(t))
@@ -230,6 +230,14 @@ class LinearPath(AbstractPath):
         return (
             f"LinearPath(knots={self.knots.shape[0]}, batch_shape={tuple(self.batch_shape)}, channels={self.channels})"
         )
+
+
+def _take(x: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+    """x indexed along `dim` by a 0-d or 1-D index tensor, as x[..., index, ...] would be, but
+    with `index_select` (a tensor used as an index is read to the host, which a compiled step
+    cannot trace)."""
+    picked = x.index_select(dim, index.reshape(-1))
+    return picked.squeeze(dim) if index.dim() == 0 else picked
 
 
 def _gather_each(coeff: torch.Tensor, index: torch.Tensor, dim: int = -2) -> torch.Tensor:

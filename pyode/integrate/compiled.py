@@ -178,6 +178,9 @@ def _f_code(f: Callable) -> Any:
     """What identifies f's computation for the cache: a module's class and its parameters'
     shapes (networks of one class in other sizes, as in a sweep, each get their own entry rather
     than use up one entry's recompilations), a function's code."""
+    own = getattr(f, "compile_key", None)
+    if callable(own):  # a wrapper of the user's f (a CDE's f·dX/dt) names what it wraps
+        return type(f), own(_f_code)
     if isinstance(f, torch.nn.Module):
         return type(f), tuple(tuple(p.shape) for p in f.parameters())
     code = getattr(f, "__code__", None)

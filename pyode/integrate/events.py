@@ -190,6 +190,7 @@ class EventHandler:
             out = f(t, y)
             return out if self.mask is None else out * self.mask
 
+        masked.resolve_time = getattr(f, "resolve_time", None)
         return masked
 
     def _gdot(self, event: Event, t: float, y: torch.Tensor, ydot: torch.Tensor) -> torch.Tensor:

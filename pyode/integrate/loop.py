@@ -66,9 +66,15 @@ class _Field:
 
     def __call__(self, t: float, y: torch.Tensor) -> torch.Tensor:
         self.stats.nfe += 1
+        return self.layout.call(self.user_f, self.resolve_time(t), y)
+
+    def resolve_time(self, t: float) -> float:
+        """The time f is called with at t now: the time before the discontinuity the current
+        step lands on, for t at or past it. (A stepper that evaluates f again after the step,
+        as the implicit solvers' gradient hooks do, calls it with this time.)"""
         if self.jump is not None and self.direction * (t - self.jump) >= -self.slack:
-            t = self.before
-        return self.layout.call(self.user_f, t, y)
+            return self.before
+        return t
 
     def at(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # for save times that require grad
         self.stats.nfe += 1

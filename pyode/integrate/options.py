@@ -288,6 +288,12 @@ def make_options(
         saves, saves_tensor = (None, None) if saveat is None else _times(saveat, "saveat", t0, t1)
     stops = _stop_times(tstops, "tstops", t0, t1)
     jumps = _stop_times(d_discontinuities, "d_discontinuities", t0, t1)
+    if jumps and isinstance(solver, AbstractReversibleSolver):
+        raise ValueError(
+            f"d_discontinuities (also the knots of a CDE's linear or rectilinear path): {solver!r} cannot restart "
+            "its step at a discontinuity; use a Runge–Kutta solver such as Tsit5(), or a C¹ path "
+            "(pyode.cde.hermite_cubic_backward)"
+        )
     if jumps:
         stops = tuple(sorted(set(stops) | set(jumps), reverse=t1 < t0))
     events = check_events(events)

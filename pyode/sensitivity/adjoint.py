@@ -92,11 +92,13 @@ def backward_options(
 
 
 def stops_within(opts: SolveOptions, t_from: float, t_to: float) -> dict:
-    """The forward solve's tstops and discontinuities strictly inside (t_from, t_to), for a
-    solve over part of the span in either direction: a backward solve steps on them too (a
-    CDE's knots, a dose), or its error control meets the kinks the forward solve stepped to."""
+    """The forward solve's tstops strictly inside (t_from, t_to) and its discontinuities in
+    [t_from, t_to], for a solve over part of the span in either direction: a backward solve
+    steps on them too (a CDE's knots, a dose), or its error control meets the kinks the forward
+    solve stepped to; one that starts or ends on a discontinuity reads f on the side facing
+    into the interval."""
     lo, hi = min(t_from, t_to), max(t_from, t_to)
-    jumps = [s for s in opts.discontinuities if lo < s < hi]
+    jumps = [s for s in opts.discontinuities if lo <= s <= hi]  # on an end: restart after it, stop before it
     stops = [s for s in opts.tstops if lo < s < hi and s not in opts.discontinuities]
     return {"tstops": stops or None, "d_discontinuities": jumps or None}
 
