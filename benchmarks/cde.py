@@ -133,7 +133,9 @@ def main() -> None:
     parser.add_argument("--paths", nargs="+", default=list(COEFFS), choices=list(COEFFS))
     args = parser.parse_args()
     print(f"$ python {' '.join(sys.argv)}")
-    print(f"torch {torch.__version__}, torchcde {getattr(torchcde, '__version__', '?')}, threads {torch.get_num_threads()}")
+    print(
+        f"torch {torch.__version__}, torchcde {getattr(torchcde, '__version__', '?')}, threads {torch.get_num_threads()}"
+    )
     generator = torch.Generator().manual_seed(0)
     t, data = make_data(args.batch, args.length, 0.3, generator)
     torch.manual_seed(0)

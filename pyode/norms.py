@@ -45,9 +45,12 @@ def max_norm(x: State) -> torch.Tensor:
 def mixed_norm(x: State) -> torch.Tensor:
     """For a tuple, the largest of the components' RMS norms; for a tensor, its RMS norm.
 
-    This is torchdiffeq's default for tuple states, and the adjoint's full norm: each channel
-    group (state, adjoint state, parameter adjoint, time adjoint) counts as one, however many
-    elements it has, so a million parameter entries cannot dilute the state's error.
+    This is torchdiffeq's default for tuple states, and the adjoints' full norm: each channel
+    group (state, adjoint state, parameter adjoint) counts as one, however many elements it has,
+    so a million parameter entries cannot dilute the state's error. (torchdiffeq's adjoint
+    grouped all parameters as one channel up to version 0.1; from 0.2 on it scores each
+    parameter tensor on its own, a stricter norm: pass that as the adjoint's `internalnorm` to
+    reproduce it.)
     """
     if isinstance(x, torch.Tensor):
         return rms_norm(x)

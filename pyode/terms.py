@@ -10,11 +10,11 @@ how every ODE solver and sensitivity algorithm of pyode solves a CDE.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 import torch
 
-from .problem import State
+State = Union[torch.Tensor, tuple]  # as in problem.py, which imports this module
 
 
 class AbstractTerm:

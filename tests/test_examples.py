@@ -18,6 +18,7 @@ RUNS = {
     "digits_classifier": ["--epochs", "1", "--plot", ""],
     "hamiltonian": ["--iters", "2", "--plot", ""],
     "irregular_timeseries": ["--iters", "2", "--plot", ""],
+    "ncde_classification": ["--quick"],
 }
 NEEDS = {"digits_classifier": "sklearn"}
 

@@ -151,7 +151,9 @@ class CubicPath(AbstractPath):
 
     def derivative_each(self, t: torch.Tensor) -> torch.Tensor:
         if self.coeffs.dim() < 4:
-            raise ValueError("derivative_each needs a path with a batch dimension (data of shape (B, length, channels))")
+            raise ValueError(
+                "derivative_each needs a path with a batch dimension (data of shape (B, length, channels))"
+            )
         index, s = self._piece(self._times(t))
         _, b, c, d = _gather_each(self.coeffs, index, dim=-3).unbind(-2)
         s = s.view(-1, *[1] * (b.dim() - 1))

@@ -71,24 +71,25 @@ def backward_options(
     opts = record.opts
     solver = sensealg.solver or record.solver
     prob = ODEProblem(lambda t, y: y, torch.zeros(1), (t_from, t_to))
-    common = dict(
-        saveat=[t_to],
-        internalnorm=norm,
-        max_steps=opts.max_steps,
-        dense=False,
-        compile=opts.compile,
-        **stops_within(opts, t_from, t_to),
-    )
+    stops = stops_within(opts, t_from, t_to)
+    common = dict(saveat=[t_to], internalnorm=norm, max_steps=opts.max_steps, dense=False, compile=opts.compile)
     if opts.adaptive and solver.adaptive:
         # Per-element tolerances are the forward state's; the adjoint state takes the tightest.
         rtol = _tightest(sensealg.rtol if sensealg.rtol is not None else opts.rtol)
         atol = _tightest(sensealg.atol if sensealg.atol is not None else opts.atol)
-        return make_options(prob, solver, dt=dt if dt else None, rtol=rtol, atol=atol, **common)
+        # The forward solve's controller too (its PI/PID coefficients, torchdiffeq's I rule).
+        controller = opts.controller
+        return make_options(
+            prob, solver, dt=dt if dt else None, rtol=rtol, atol=atol, controller=controller, **stops, **common
+        )
     if opts.dt is None:
         raise ValueError(
             f"{type(sensealg).__name__}: the backward solver {solver!r} steps with a fixed dt, but the forward solve was adaptive; give an adaptive backward solver"
         )
-    return make_options(prob, solver, dt=opts.dt, adaptive=False, **common)
+    # Fixed steps run on the grid of dt from the interval's end, as torchdiffeq's do, landing only
+    # on the discontinuities (where f must be read on the right side).
+    jumps = stops["d_discontinuities"]
+    return make_options(prob, solver, dt=opts.dt, adaptive=False, d_discontinuities=jumps, **common)
 
 
 def stops_within(opts: SolveOptions, t_from: float, t_to: float) -> dict:

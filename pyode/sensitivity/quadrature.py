@@ -127,7 +127,8 @@ class QuadratureAdjoint(AbstractAdjoint):
         length = abs(t_from - t_to)
         pairs = []
         for lo, hi in itertools.pairwise(cuts):
-            x, w = gauss_legendre(min(max(math.ceil(n * (hi - lo) / length), 1), self.max_nodes))
+            share = n * (hi - lo) / length
+            x, w = gauss_legendre(min(max(math.ceil(share * (1 - 1e-12)), 1), self.max_nodes))  # n for one piece
             half, mid = (hi - lo) / 2, (hi + lo) / 2
             sign = 1.0 if t_from >= t_to else -1.0  # the weights of ∫_{t_to}^{t_from}
             pairs.extend((mid + half * xi, sign * half * wi) for xi, wi in zip(x, w))

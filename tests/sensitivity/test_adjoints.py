@@ -286,3 +286,24 @@ def test_backward_solver_and_tolerances_are_used():
     backward_steps = dp8.adjoint_stats.naccept + dp8.adjoint_stats.nreject
     assert dp8.adjoint_stats.nfe >= 12 * backward_steps
     assert tight.adjoint_stats.nfe < 12 * (tight.adjoint_stats.naccept + tight.adjoint_stats.nreject)
+
+
+@pytest.mark.parametrize(
+    "alg", [pyode.BacksolveAdjoint(), pyode.InterpolatingAdjoint(), pyode.GaussAdjoint()], ids=repr
+)
+def test_backward_solve_uses_the_forward_controller(alg):
+    """The controller given to solve steps the backward solve too (it was dropped there)."""
+    calls = {"adapt": 0}
+
+    class Counting(pyode.IController):
+        def adapt(self, ratio, h, state):
+            calls["adapt"] += 1
+            return super().adapt(ratio, h, state)
+
+    w = torch.tensor([[-0.5, 1.0], [-1.0, -0.5]], dtype=torch.float64, requires_grad=True)
+    prob = pyode.ODEProblem(lambda t, y: y @ w, torch.tensor([1.0, 0.0], dtype=torch.float64), (0.0, 5.0), params=[w])
+    sol = pyode.solve(prob, pyode.Tsit5(), controller=Counting(), sensealg=alg, saveat=[5.0])
+    forward = calls["adapt"]
+    sol.y[-1].sum().backward()
+    backward = sol.adjoint_stats.naccept + sol.adjoint_stats.nreject
+    assert calls["adapt"] - forward >= backward > 0
