@@ -46,6 +46,9 @@ _ADAPTIVE_OPTIONS = {
     "jump_t",
     "min_step",
     "max_step",
+    # pyode's cdeint only: jump_t values on the span's ends (the knots of a linear path there),
+    # where the first step restarts after the jump and the last stops before it
+    "_jump_t_on_ends",
 }
 _FIXED_OPTIONS = {"step_size", "grid_constructor", "norm", "dtype", "interp", "max_num_steps", "perturb"}
 # torchdiffeq's scipy wrapper drops norm, grid_points and eps without a word; so does pyode.
@@ -162,6 +165,8 @@ def _adaptive(t: torch.Tensor, kwargs: dict[str, Any], options: dict[str, Any], 
     for option, keyword in (("step_t", "tstops"), ("jump_t", "d_discontinuities")):
         if options.get(option) is not None:
             kwargs[keyword] = _strictly_inside(options[option], t)
+    if options.get("_jump_t_on_ends"):
+        kwargs["d_discontinuities"] = [*kwargs.get("d_discontinuities", []), *options["_jump_t_on_ends"]]
 
 
 def _strictly_inside(values: Any, t: torch.Tensor) -> list[float]:

@@ -131,6 +131,9 @@ def cdeint(
         options = dict(kwargs.get("options") or {})
         if not any(key in options for key in ("step_t", "jump_t", "grid_points")) and X.smoothness < 2:
             options["jump_t" if X.smoothness == 0 else "step_t"] = X.knots
+            if X.smoothness == 0:  # a span that starts or ends on an interior knot reads its inner side
+                interior = set(X.knots[1:-1].detach().cpu().tolist())
+                options["_jump_t_on_ends"] = [float(e) for e in (t[0], t[-1]) if float(e) in interior]
             kwargs["options"] = options
     if adjoint:
         kwargs.setdefault("adjoint_rtol", kwargs["rtol"])
