@@ -136,6 +136,25 @@ def _as_time(value: TimeLike, name: str) -> TimeLike:
     return value
 
 
+def _span(tspan: Any) -> tuple[TimeLike, TimeLike]:
+    """(t0, t1) from a pair or a tensor of two times, each checked."""
+    if isinstance(tspan, torch.Tensor):
+        if tspan.shape != (2,):
+            raise ValueError(f"tspan must hold two times (t0, t1); got a tensor of shape {tuple(tspan.shape)}")
+        tspan = (tspan[0], tspan[1])
+    if not isinstance(tspan, (tuple, list)) or len(tspan) != 2:
+        raise ValueError(f"tspan must be a pair (t0, t1); got {tspan!r}")
+    return _as_time(tspan[0], "tspan[0]"), _as_time(tspan[1], "tspan[1]")
+
+
+def _checked_params(params: Sequence[Any]) -> tuple[torch.Tensor, ...]:
+    params = tuple(params)
+    for i, p in enumerate(params):
+        if not isinstance(p, torch.Tensor):
+            raise TypeError(f"params[{i}] must be a torch.Tensor; got {type(p).__name__}")
+    return params
+
+
 def _check_state(y0: Any) -> None:
     parts = y0 if isinstance(y0, tuple) else (y0,)
     if isinstance(y0, list):
@@ -210,21 +229,11 @@ class ODEProblem:
         if not callable(f):
             raise TypeError(f"f must be callable as f(t, y); got {type(f).__name__}")
         _check_state(y0)
-        if isinstance(tspan, torch.Tensor):
-            if tspan.shape != (2,):
-                raise ValueError(f"tspan must hold two times (t0, t1); got a tensor of shape {tuple(tspan.shape)}")
-            tspan = (tspan[0], tspan[1])
-        if not isinstance(tspan, (tuple, list)) or len(tspan) != 2:
-            raise ValueError(f"tspan must be a pair (t0, t1); got {tspan!r}")
-        t0 = _as_time(tspan[0], "tspan[0]")
-        t1 = _as_time(tspan[1], "tspan[1]")
+        t0, t1 = _span(tspan)
         if params is None:
             params = tuple(f.parameters()) if isinstance(f, torch.nn.Module) else ()
         else:
-            params = tuple(params)
-            for i, p in enumerate(params):
-                if not isinstance(p, torch.Tensor):
-                    raise TypeError(f"params[{i}] must be a torch.Tensor; got {type(p).__name__}")
+            params = _checked_params(params)
         object.__setattr__(self, "f", f)
         object.__setattr__(self, "y0", y0)
         object.__setattr__(self, "tspan", (t0, t1))
@@ -357,13 +366,7 @@ class CDEProblem:
         first, last = float(knots[0]), float(knots[-1])
         if tspan is None:
             tspan = (first, last)
-        if isinstance(tspan, torch.Tensor):
-            if tspan.shape != (2,):
-                raise ValueError(f"tspan must hold two times (t0, t1); got a tensor of shape {tuple(tspan.shape)}")
-            tspan = (tspan[0], tspan[1])
-        if not isinstance(tspan, (tuple, list)) or len(tspan) != 2:
-            raise ValueError(f"tspan must be a pair (t0, t1); got {tspan!r}")
-        t0, t1 = _as_time(tspan[0], "tspan[0]"), _as_time(tspan[1], "tspan[1]")
+        t0, t1 = _span(tspan)
         slack = 4 * torch.finfo(knots.dtype).eps * max(abs(first), abs(last), 1.0)
         for name, value in (("tspan[0]", t0), ("tspan[1]", t1)):
             v = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
@@ -380,10 +383,7 @@ class CDEProblem:
             found.extend(p for p in tensors if p.requires_grad and all(p is not q for q in found))
             params = tuple(found)
         else:
-            params = tuple(params)
-            for i, p in enumerate(params):
-                if not isinstance(p, torch.Tensor):
-                    raise TypeError(f"params[{i}] must be a torch.Tensor; got {type(p).__name__}")
+            params = _checked_params(params)
         object.__setattr__(self, "f", f)
         object.__setattr__(self, "control", X)
         object.__setattr__(self, "y0", z0)

@@ -299,9 +299,7 @@ def test_per_sample_gradients_match_the_joint_solve(path, sensealg):
     assert _relative(grads, _direct(path)) < 2e-7
 
 
-@pytest.mark.parametrize(
-    "path", [pytest.param("natural", marks=pytest.mark.slow), "hermite", pytest.param("linear", marks=pytest.mark.slow)]
-)
+@pytest.mark.parametrize("path", [pytest.param("natural", marks=pytest.mark.slow), "hermite"])
 def test_reversible_adjoint(path):
     """ReversibleAdjoint reconstructs the steps of Reversible(Tsit5()) backward: the gradient of
     the same discrete computation as DirectAdjoint through that solver, to round-off (measured
@@ -313,8 +311,7 @@ def test_reversible_adjoint(path):
     reversible, sol = _gradients(path, pyode.ReversibleAdjoint(), solver)
     assert sol.adjoint_stats.nfe > 0
     assert _relative(reversible, direct) < 1e-11
-    if path != "linear":
-        assert _relative(reversible, _reference(path)) < 1e-6
+    assert _relative(reversible, _reference(path)) < 1e-6
 
 
 @pytest.mark.parametrize(
