@@ -438,3 +438,21 @@ def test_second_derivatives_through_events_are_refused():
     # A first derivative is unaffected.
     (dh,) = torch.autograd.grad(sol.event_time, h)
     assert float(dh) == pytest.approx(1 / math.sqrt(2 * H * G), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "sensealg",
+    [pyode.BacksolveAdjoint(), pyode.InterpolatingAdjoint(), pyode.GaussAdjoint(), pyode.QuadratureAdjoint()],
+    ids=repr,
+)
+@pytest.mark.parametrize("stops", [dict(tstops=[3.0]), dict(d_discontinuities=[2.0])], ids=["tstops", "jumps"])
+def test_adjoint_event_segments_with_stops_past_the_event(sensealg, stops):
+    """dz/dt = a, z doubled at t = 1.5, z(4) = 2·1.5a + 2.5a: dz(4)/da = 5.5 exactly. The adjoints
+    solve the span in segments between events; a stop past a segment's end once made the loop
+    step on toward it beyond the event (8.5 with tstops=[3.0], saving every step)."""
+    a = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
+    event = pyode.Event(lambda t, z: t - 1.5, terminal=False, affect=lambda t, z: 2 * z)
+    prob = pyode.ODEProblem(lambda t, z: a * torch.ones_like(z), torch.zeros(1, dtype=torch.float64), (0.0, 4.0), [a])
+    sol = pyode.solve(prob, pyode.Tsit5(), sensealg=sensealg, events=[event], rtol=1e-10, atol=1e-10, **stops)
+    (grad,) = torch.autograd.grad(sol.y[-1].sum(), [a])
+    assert abs(grad.item() - 5.5) < 1e-8

@@ -162,7 +162,10 @@ class _Loop:
         if self.events is not None:
             self.events.start(t0, y0, k1)
 
-        self.stops = [s for s in opts.tstops if self.direction * (s - t0) > 0 and s != t1] + [t1]
+        # Only the stops inside the span: options shared by several solves (the event segments
+        # of an adjoint) may hold stops past t1, which the steps must not run on toward.
+        d = self.direction
+        self.stops = [s for s in opts.tstops if d * (s - t0) > 0 and d * (t1 - s) > 0] + [t1]
         self.stop_i = 0
         self.t, self.y = t0, stepper.init(t0, y0, k1)
         self.k1 = k1 if stepper.uses_k1 else None

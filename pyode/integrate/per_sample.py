@@ -108,7 +108,7 @@ class _PerSampleLoop:
         self.code = torch.where(torch.isfinite(self.h_abs), _RUNNING, _UNSTABLE)
         self.naccept = torch.zeros_like(self.nfe)
         self.nsteps = torch.zeros_like(self.nfe)
-        stops = [s for s in opts.tstops if direction * (s - t0) > 0 and s != t1] + [t1]
+        stops = [s for s in opts.tstops if direction * (s - t0) > 0 and direction * (t1 - s) > 0] + [t1]
         self.stops = torch.tensor(stops, dtype=tdtype, device=device)
         self.stop_i = torch.zeros_like(self.nfe)
         self.control = opts.controller.init_vectorized(solver.error_order, self.t) if opts.adaptive else None
