@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .problem import CDEProblem, ODEProblem, Solution, State
+from .problem import CDEProblem, ODEProblem, Solution, State, cde_params
 from .regularizers import LocalRegularization, Regularization
 from .solve import solve
 from .solvers import Tsit5
@@ -157,8 +157,7 @@ class NeuralCDE(nn.Module):
     ) -> Solution:
         """Solve over `tspan` (the path's knots by default), saving at `saveat` (every step by
         default)."""
-        params = [p for p in self.vector_field.parameters() if p.requires_grad]
-        params += [p for p in (X.tensors() if callable(getattr(X, "tensors", None)) else ()) if p.requires_grad]
+        params = [p for p in cde_params(self.vector_field, X) if p.requires_grad]
         prob = CDEProblem(self.vector_field, X, z0, tspan, params, stop_at_knots=self.stop_at_knots)
         return solve(
             prob,

@@ -378,10 +378,7 @@ class CDEProblem:
         if stop_at_knots is not None and not isinstance(stop_at_knots, bool):
             raise TypeError(f"stop_at_knots must be True, False or None; got {stop_at_knots!r}")
         if params is None:
-            found: list[torch.Tensor] = list(f.parameters()) if isinstance(f, torch.nn.Module) else []
-            tensors = X.tensors() if callable(getattr(X, "tensors", None)) else ()
-            found.extend(p for p in tensors if p.requires_grad and all(p is not q for q in found))
-            params = tuple(found)
+            params = cde_params(f, X)
         else:
             params = _checked_params(params)
         object.__setattr__(self, "f", f)
@@ -415,6 +412,21 @@ class CDEProblem:
             # after it, one that ends there the slope before it (a knot alone reads the left piece)
             return [], [k for k in knots[1:-1] if lo <= k <= hi]
         return [k for k in knots if lo < k < hi], []
+
+
+def cde_params(f: Callable, X: Any) -> tuple[torch.Tensor, ...]:
+    """What a CDE's adjoints differentiate by default: the parameters of f (an `nn.Module`), then
+    the tensors of the path that require grad (`X.tensors()`, or the buffers of a torchcde path),
+    each once."""
+    found: list[torch.Tensor] = list(f.parameters()) if isinstance(f, torch.nn.Module) else []
+    if callable(getattr(X, "tensors", None)):
+        tensors = tuple(X.tensors())
+    elif isinstance(X, torch.nn.Module):
+        tensors = tuple(X.buffers())
+    else:
+        tensors = ()
+    found.extend(p for p in tensors if p.requires_grad and all(p is not q for q in found))
+    return tuple(found)
 
 
 class _Sum:

@@ -10,6 +10,7 @@ how every ODE solver and sensitivity algorithm of pyode solves a CDE.
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Callable, Union
 
 import torch
@@ -17,18 +18,21 @@ import torch
 State = Union[torch.Tensor, tuple]  # as in problem.py, which imports this module
 
 
-class AbstractTerm:
+class AbstractTerm(abc.ABC):
     """dy = vf(t, y) · dX: `vf` evaluates the vector field, `contr` the control's increment over
     a step, `prod` combines the two into a change of state."""
 
+    @abc.abstractmethod
     def vf(self, t: torch.Tensor, y: State) -> Any:
-        raise NotImplementedError
+        """The vector field at (t, y)."""
 
+    @abc.abstractmethod
     def contr(self, t0: torch.Tensor, t1: torch.Tensor) -> Any:
-        raise NotImplementedError
+        """The control's increment from t0 to t1."""
 
+    @abc.abstractmethod
     def prod(self, vf: Any, control: Any) -> State:
-        raise NotImplementedError
+        """The change of state from a vector field's value and a control increment."""
 
     def vf_prod(self, t: torch.Tensor, y: State, control: Any) -> State:
         return self.prod(self.vf(t, y), control)

@@ -9,6 +9,7 @@ derivatives are continuous there, which decides whether steps must land on the k
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ import torch
 TimeArg = float | int | torch.Tensor
 
 
-class AbstractPath:
+class AbstractPath(abc.ABC):
     """A path X: [knots[0], knots[-1]] -> R^channels, batched over leading dimensions.
 
     Attributes:
@@ -28,27 +29,27 @@ class AbstractPath:
     knots: torch.Tensor
     smoothness: int
 
+    @abc.abstractmethod
     def evaluate(self, t: TimeArg) -> torch.Tensor:
         """X(t): (..., channels) for a scalar t, (..., T, channels) for t of shape (T,)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def derivative(self, t: TimeArg) -> torch.Tensor:
         """dX/dt: (..., channels) for a scalar t, (..., T, channels) for t of shape (T,)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def derivative_each(self, t: torch.Tensor) -> torch.Tensor:
         """dX/dt with a time per batch element: t of shape (B,) for a path of batch shape (B, ...)
         gives (B, ..., channels), element b read at t[b] (per-sample step sizes)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """The tensors `derivative` reads: a CDE's adjoint differentiates with respect to those
         of them that require grad, and autograd carries that on to the data they came from."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def to(self, *args: Any, **kwargs: Any) -> AbstractPath:
         """A copy on another device or dtype, as `Tensor.to`."""
-        raise NotImplementedError
 
     @property
     def interval(self) -> torch.Tensor:
@@ -61,12 +62,14 @@ class AbstractPath:
         return self.knots
 
     @property
+    @abc.abstractmethod
     def channels(self) -> int:
-        raise NotImplementedError
+        """The number of channels."""
 
     @property
+    @abc.abstractmethod
     def batch_shape(self) -> torch.Size:
-        raise NotImplementedError
+        """The batch dimensions of the data the path was built from."""
 
     @property
     def dtype(self) -> torch.dtype:

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..cde import interpolate
 from ..cde.paths import AbstractPath, CubicPath, LinearPath
+from ..problem import cde_params
 from ..terms import ControlledField, ControlTerm
 from .torchdiffeq import odeint, odeint_adjoint
 
@@ -160,15 +161,7 @@ class _CDEField(nn.Module):
         return self.field(t, z)
 
     def parameters(self, recurse: bool = True):
-        found: list[torch.Tensor] = list(self.func.parameters()) if isinstance(self.func, nn.Module) else []
-        if isinstance(self.X, AbstractPath):
-            tensors = self.X.tensors()
-        elif isinstance(self.X, nn.Module):
-            tensors = tuple(self.X.buffers())
-        else:
-            tensors = ()
-        found.extend(p for p in tensors if p.requires_grad and all(p is not q for q in found))
-        yield from found
+        yield from cde_params(self.func, self.X)
 
 
 def _smoothness(t: torch.Tensor, two_c: torch.Tensor, three_d: torch.Tensor) -> int:

@@ -125,12 +125,12 @@ class QuadratureAdjoint(AbstractAdjoint):
         stops = stops_within(record.opts, t_from, t_to)
         cuts = sorted({t_to, t_from, *(stops["tstops"] or ()), *(stops["d_discontinuities"] or ())})
         length = abs(t_from - t_to)
+        sign = 1.0 if t_from >= t_to else -1.0  # the weights of ∫_{t_to}^{t_from}
         pairs = []
         for lo, hi in itertools.pairwise(cuts):
             share = n * (hi - lo) / length
             x, w = gauss_legendre(min(max(math.ceil(share * (1 - 1e-12)), 1), self.max_nodes))  # n for one piece
             half, mid = (hi - lo) / 2, (hi + lo) / 2
-            sign = 1.0 if t_from >= t_to else -1.0  # the weights of ∫_{t_to}^{t_from}
             pairs.extend((mid + half * xi, sign * half * wi) for xi, wi in zip(x, w))
         return sorted(pairs, key=lambda p: -(p[0] - t_to) / (t_from - t_to))
 
