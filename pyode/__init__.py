@@ -7,10 +7,13 @@ from .backends.julia import _runtime as _julia_runtime
 if _julia_runtime.wanted_at_import():
     _julia_runtime.import_at_startup()
 
+from . import brownian as brownian
 from . import cde as cde
 from . import julia as julia
 from . import nn as nn
 from . import terms as terms
+from .brownian import BrownianInterval as BrownianInterval
+from .brownian import VirtualBrownianTree as VirtualBrownianTree
 from .compat import cdeint as cdeint
 from .compat import odeint as odeint
 from .compat import odeint_adjoint as odeint_adjoint
@@ -25,6 +28,7 @@ from .norms import rms_norm as rms_norm
 from .problem import CDEProblem as CDEProblem
 from .problem import ODEProblem as ODEProblem
 from .problem import ReturnCode as ReturnCode
+from .problem import SDEProblem as SDEProblem
 from .problem import Solution as Solution
 from .problem import SolveError as SolveError
 from .problem import SplitODEProblem as SplitODEProblem
@@ -43,19 +47,24 @@ from .solvers import BS3 as BS3
 from .solvers import DP5 as DP5
 from .solvers import DP8 as DP8
 from .solvers import RK4 as RK4
+from .solvers import SRA1 as SRA1
 from .solvers import AbstractExplicitRK as AbstractExplicitRK
 from .solvers import AbstractImplicitSolver as AbstractImplicitSolver
 from .solvers import AbstractReversibleSolver as AbstractReversibleSolver
+from .solvers import AbstractSDESolver as AbstractSDESolver
 from .solvers import AbstractSolver as AbstractSolver
 from .solvers import AsyncLeapfrog as AsyncLeapfrog
 from .solvers import AutoSwitch as AutoSwitch
 from .solvers import ButcherTableau as ButcherTableau
 from .solvers import Euler as Euler
+from .solvers import EulerHeun as EulerHeun
+from .solvers import EulerMaruyama as EulerMaruyama
 from .solvers import Heun as Heun
 from .solvers import KenCarp4 as KenCarp4
 from .solvers import Kvaerno3 as Kvaerno3
 from .solvers import Kvaerno5 as Kvaerno5
 from .solvers import Midpoint as Midpoint
+from .solvers import Milstein as Milstein
 from .solvers import Reversible as Reversible
 from .solvers import ReversibleHeun as ReversibleHeun
 from .solvers import Rodas5P as Rodas5P

@@ -1,4 +1,4 @@
-"""`NeuralODE` and `NeuralCDE`: a solve as an `nn.Module`, for training loops."""
+"""`NeuralODE`, `NeuralCDE` and `NeuralSDE`: a solve as an `nn.Module`, for training loops."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .problem import CDEProblem, ODEProblem, Solution, State, cde_params
+from .problem import CDEProblem, ODEProblem, SDEProblem, Solution, State, cde_params
 from .regularizers import LocalRegularization, Regularization
 from .solve import solve
 from .solvers import Tsit5
@@ -171,3 +171,85 @@ class NeuralCDE(nn.Module):
 
     def extra_repr(self) -> str:
         return f"solver={self.solver!r}, sensealg={self.sensealg!r}, rtol={self.rtol}, atol={self.atol}"
+
+
+class NeuralSDE(nn.Module):
+    """dy = drift(t, y) dt + diffusion(t, y) dW as a module: `forward(y0, saveat, bm)` returns the
+    `Solution` on a Brownian sample path (a new one on each call unless `bm` is given).
+
+    Args:
+        drift: an `nn.Module` called as `drift(t, y)`, returning y's shape.
+        diffusion: an `nn.Module` called as `diffusion(t, y)`, returning y's shape for
+            noise="diagonal" or (*y.shape, m) for "general"/"additive" (see `pyode.SDEProblem`).
+        tspan: (t0, t1).
+        noise, sde_type: as in `pyode.SDEProblem` (by default diagonal, Stratonovich: the
+            calculus of the reversible Heun method, the default solver).
+        solver: the method: `ReversibleHeun()` by default, whose `ReversibleAdjoint` gives exact
+            gradients at memory independent of the number of steps (Kidger et al. 2021).
+        sensealg: how gradients flow back (the solver's default when None).
+        dt: the step (fixed steps by default, as neural SDEs are usually trained).
+        adaptive: step adaptively with `rtol`/`atol` instead (on the same Brownian path).
+        **solve_kwargs: any other keyword of `pyode.solve`.
+    """
+
+    def __init__(
+        self,
+        drift: nn.Module,
+        diffusion: nn.Module,
+        tspan: Sequence[float] = (0.0, 1.0),
+        noise: str = "diagonal",
+        sde_type: str = "stratonovich",
+        solver: AbstractSolver | None = None,
+        sensealg: Any = None,
+        dt: float = 1e-2,
+        adaptive: bool = False,
+        rtol: float = 1e-3,
+        atol: float = 1e-5,
+        **solve_kwargs: Any,
+    ):
+        super().__init__()
+        for name, module in (("drift", drift), ("diffusion", diffusion)):
+            if not isinstance(module, nn.Module):
+                raise TypeError(
+                    f"NeuralSDE: {name} must be an nn.Module called as {name}(t, y); got {type(module).__name__}"
+                )
+        if len(tspan) != 2:
+            raise ValueError(f"NeuralSDE: tspan must be (t0, t1); got {tspan!r}")
+        if not (isinstance(dt, (int, float)) and dt > 0):
+            raise ValueError(f"NeuralSDE: dt must be a positive number; got {dt!r}")
+        from .solvers import ReversibleHeun
+
+        self.drift, self.diffusion = drift, diffusion
+        self.tspan = (float(tspan[0]), float(tspan[1]))
+        self.noise, self.sde_type = noise, sde_type
+        self.solver = solver if solver is not None else ReversibleHeun()
+        self.sensealg = sensealg
+        self.dt, self.adaptive, self.rtol, self.atol = float(dt), adaptive, rtol, atol
+        self.solve_kwargs = solve_kwargs
+
+    def forward(
+        self, y0: torch.Tensor, saveat: torch.Tensor | Sequence[float] | None = None, bm: Any = None
+    ) -> Solution:
+        """Solve from y0 (*batch, d), saving at `saveat` (every step by default), driven by `bm`
+        (a new `pyode.BrownianInterval` by default; `sol.bm` returns the one used)."""
+        params: list[torch.Tensor] = []
+        for module in (self.drift, self.diffusion):
+            params.extend(p for p in module.parameters() if p.requires_grad and all(p is not q for q in params))
+        prob = SDEProblem(self.drift, self.diffusion, y0, self.tspan, self.noise, self.sde_type, params, bm=bm)
+        return solve(
+            prob,
+            self.solver,
+            saveat=saveat,
+            dt=self.dt,
+            adaptive=self.adaptive,
+            rtol=self.rtol,
+            atol=self.atol,
+            sensealg=self.sensealg,
+            **self.solve_kwargs,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"tspan={self.tspan}, noise={self.noise!r}, sde_type={self.sde_type!r}, solver={self.solver!r}, "
+            f"dt={self.dt}, adaptive={self.adaptive}"
+        )

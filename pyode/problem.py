@@ -6,7 +6,7 @@ import enum
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence, Union
 
 import torch
 
@@ -91,7 +91,8 @@ class Stats:
     The implicit solvers add their Jacobians (`njac`; each counts once, however many
     evaluations of f or Jacobian–vector products it took), LU factorizations (`nlu`) and Newton
     iterations (`nnewton`, each one evaluation of f, counted in `nfe` too); `AutoSwitch` counts
-    its switches between the explicit and the implicit method (`nswitch`).
+    its switches between the explicit and the implicit method (`nswitch`). An SDE solve counts
+    its evaluations of the diffusion g apart (`nfe_diffusion`; `nfe` counts the drift f).
 
     With `batch_axis=0` these count batched work: `nfe` calls of f on the whole batch, and the
     batched steps in which some element advanced (`naccept`) or none did (`nreject`);
@@ -106,6 +107,7 @@ class Stats:
     nlu: int = 0
     nnewton: int = 0
     nswitch: int = 0
+    nfe_diffusion: int = 0
     per_element: ElementStats | None = field(default=None, repr=False, compare=False)
 
     def __iadd__(self, other: Stats) -> Stats:
@@ -117,6 +119,7 @@ class Stats:
         self.nlu += other.nlu
         self.nnewton += other.nnewton
         self.nswitch += other.nswitch
+        self.nfe_diffusion += other.nfe_diffusion
         return self
 
 
@@ -414,6 +417,146 @@ class CDEProblem:
         return [k for k in knots if lo < k < hi], []
 
 
+NOISE_TYPES = ("diagonal", "scalar", "additive", "general")
+SDE_TYPES = ("ito", "stratonovich")
+
+
+class SDENoise(NamedTuple):
+    """What an SDE adds to its drift: the diffusion, the Brownian motion that drives it, and how
+    to read them (`SDEProblem`'s arguments of the same names)."""
+
+    g: Callable
+    bm: Any  # a pyode.brownian.AbstractBrownian
+    noise: str
+    sde_type: str
+
+
+@dataclass(frozen=True, init=False)
+class NoisyODEProblem(ODEProblem):
+    """The drift ODE dy/dt = f(t, y) of an SDE together with its noise: what `solve` lowers an
+    `SDEProblem` to, and what the SDE solvers (`pyode.solvers.sde`) step. Internal: state
+    problems as `SDEProblem`."""
+
+    noise: SDENoise | None = None
+
+    def __init__(
+        self,
+        f: Callable,
+        y0: State,
+        tspan: Sequence[TimeLike],
+        params: Sequence[torch.Tensor] | None = None,
+        *,
+        jac: Callable | None = None,
+        independent_batch: bool = False,
+        integral_parts: int = 0,
+        noise: SDENoise | None = None,
+    ):
+        super().__init__(
+            f, y0, tspan, params, jac=jac, independent_batch=independent_batch, integral_parts=integral_parts
+        )
+        object.__setattr__(self, "noise", noise)
+
+
+@dataclass(frozen=True, init=False)
+class SDEProblem:
+    """dy = f(t, y) dt + g(t, y) dW(t): a stochastic differential equation on `tspan` with
+    y(tspan[0]) = y0, driven by a Brownian motion W.
+
+    Args:
+        f: the drift, called as `f(t, y)`; it returns a tensor shaped like y.
+        g: the diffusion, called as `g(t, y)`. With y of shape (*batch, d) it returns
+            - noise="diagonal": (*batch, d), each entry multiplying its own Brownian motion
+              (W has y's shape); entry i of g may depend on y_i only (Milstein and the Itô
+              correction rely on it, as torchsde's do);
+            - noise="scalar": (*batch, d, 1), one Brownian motion per batch element (W: (*batch, 1));
+            - noise="additive": (*batch, d, m), independent of y (it may depend on t);
+            - noise="general": (*batch, d, m), any dependence (W: (*batch, m)).
+        y0: the initial state: one float32/float64 tensor of shape (*batch, d), on any device.
+        tspan: (t0, t1); t1 < t0 integrates backward in time.
+        noise: "diagonal" (the default), "scalar", "additive" or "general", as above.
+        sde_type: "ito" (the default) or "stratonovich": which integral `g dW` means. The solvers
+            converge to one calculus each (see `pyode.solvers.sde`) and refuse the other.
+        params: the tensors `BacksolveAdjoint` and `ReversibleAdjoint` differentiate; by default
+            the parameters of f and g (those that are `nn.Module`s), each once.
+        bm: the Brownian motion: a `pyode.VirtualBrownianTree`, a `pyode.BrownianInterval`, or any
+            callable `bm(s, t)` returning W(t) - W(s) of shape (*batch, noise channels) (a
+            torchsde Brownian object works). By default each solve draws a new
+            `BrownianInterval` from torch's random generator (`sol.bm` returns it).
+    """
+
+    f: Callable
+    g: Callable
+    y0: torch.Tensor
+    tspan: tuple[TimeLike, TimeLike]
+    noise: str = "diagonal"
+    sde_type: str = "ito"
+    params: tuple[torch.Tensor, ...] = ()
+    bm: Any = field(default=None, compare=False)
+
+    def __init__(
+        self,
+        f: Callable,
+        g: Callable,
+        y0: torch.Tensor,
+        tspan: Sequence[TimeLike],
+        noise: str = "diagonal",
+        sde_type: str = "ito",
+        params: Sequence[torch.Tensor] | None = None,
+        *,
+        bm: Any = None,
+    ):
+        for name, fn in (("f", f), ("g", g)):
+            if not callable(fn):
+                raise TypeError(f"{name} must be callable as {name}(t, y); got {type(fn).__name__}")
+        if isinstance(y0, tuple):
+            raise TypeError("SDEProblem: y0 must be one tensor of shape (*batch, d); tuple states are for ODEs")
+        _check_state(y0)
+        if y0.dim() < 1:
+            raise ValueError("SDEProblem: y0 must have at least one dimension (*batch, d); got a 0-d tensor")
+        if noise not in NOISE_TYPES:
+            raise ValueError(f"noise must be one of {', '.join(map(repr, NOISE_TYPES))}; got {noise!r}")
+        if sde_type not in SDE_TYPES:
+            raise ValueError(f"sde_type must be 'ito' or 'stratonovich'; got {sde_type!r}")
+        if bm is not None and not callable(bm):
+            raise TypeError(f"bm must be a Brownian motion callable as bm(s, t); got {type(bm).__name__}")
+        if params is None:
+            found: list[torch.Tensor] = []
+            for part in (f, g):
+                if isinstance(part, torch.nn.Module):
+                    found.extend(p for p in part.parameters() if all(p is not q for q in found))
+            params = tuple(found)
+        else:
+            params = _checked_params(params)
+        object.__setattr__(self, "f", f)
+        object.__setattr__(self, "g", g)
+        object.__setattr__(self, "y0", y0)
+        object.__setattr__(self, "tspan", _span(tspan))
+        object.__setattr__(self, "noise", noise)
+        object.__setattr__(self, "sde_type", sde_type)
+        object.__setattr__(self, "params", params)
+        object.__setattr__(self, "bm", bm)
+
+    def brownian_shape(self) -> tuple[int, ...]:
+        """The shape of W: y0's for diagonal noise, (*batch, 1) for scalar noise, and (*batch, m)
+        for additive and general noise, with m read from g(t0, y0)'s last dimension."""
+        y0 = self.y0
+        if self.noise == "diagonal":
+            return tuple(y0.shape)
+        if self.noise == "scalar":
+            return (*y0.shape[:-1], 1)
+        t0 = self.tspan[0]
+        t = (t0.detach() if isinstance(t0, torch.Tensor) else torch.scalar_tensor(float(t0))).to(y0)
+        with torch.no_grad():
+            out = self.g(t, y0)
+        if not isinstance(out, torch.Tensor) or out.dim() != y0.dim() + 1 or out.shape[:-1] != y0.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(
+                f"g(t, y) returned {got} for y of shape {tuple(y0.shape)}: with noise={self.noise!r} it returns a "
+                f"matrix of shape (*y.shape, m) = {(*y0.shape, 'm')}, m the number of Brownian motions"
+            )
+        return (*y0.shape[:-1], out.shape[-1])
+
+
 def cde_params(f: Callable, X: Any) -> tuple[torch.Tensor, ...]:
     """What a CDE's adjoints differentiate by default: the parameters of f (an `nn.Module`), then
     the tensors of the path that require grad (`X.tensors()`, or the buffers of a torchcde path),
@@ -464,6 +607,9 @@ class Solution:
         event_index: which event (its index in `events`) stopped the solve; per element (-1 for
             none) for a batched condition.
         event_log: every event that occurred, in order: (time, index) pairs, times with gradients.
+        bm: for an `SDEProblem`, the Brownian motion that drove the solve (the problem's `bm`, or
+            the `pyode.BrownianInterval` drawn for it): pass it as `SDEProblem(..., bm=sol.bm)`
+            to solve again on the same sample path.
         sensealg: the sensitivity algorithm the solve ran with (set by `solve`). For
             `AutoAdjoint()` it is the AutoAdjoint resolved for this solve: `sol.sensealg.chosen`
             is the algorithm it picked, `sol.sensealg.reason` says why, and
@@ -486,6 +632,7 @@ class Solution:
     event_index: Any = None
     event_log: list = field(default_factory=list)
     sensealg: Any = None
+    bm: Any = None
     # Why `sol(t)` carries no gradient although `sol.y` does (set by the sensealgs whose dense
     # output comes from an unrecorded solve); calling it with grad enabled then raises.
     dense_without_gradient: str | None = field(default=None, repr=False)

@@ -14,18 +14,19 @@ from .integrate.events import Event
 from .integrate.options import time_span
 from .integrate.record import Observer
 from .norms import Norm
-from .problem import CDEProblem, ODEProblem, Solution
+from .problem import CDEProblem, NoisyODEProblem, ODEProblem, SDENoise, SDEProblem, Solution
 from .regularizers import LocalRegularization, Regularization, local_estimates
-from .sensitivity import AbstractSensitivityAlgorithm, AutoAdjoint, DirectAdjoint, ReversibleAdjoint
+from .sensitivity import AbstractSensitivityAlgorithm, AutoAdjoint, BacksolveAdjoint, DirectAdjoint, ReversibleAdjoint
 from .sensitivity.events import solve_segments
 from .sensitivity.per_sample import solve_per_sample
 from .solvers.base import AbstractSolver
 from .solvers.reversible import AbstractReversibleSolver
+from .solvers.sde import AbstractSDESolver, sde_form
 from .step_control import AbstractController
 
 
 def solve(
-    prob: ODEProblem | CDEProblem,
+    prob: ODEProblem | CDEProblem | SDEProblem,
     solver: AbstractSolver,
     *,
     saveat: torch.Tensor | Sequence[float] | None = None,
@@ -56,7 +57,11 @@ def solve(
 
     Args:
         prob: an `ODEProblem`, or a `CDEProblem` (solved as the ODE dz/dt = f(t, z)·dX/dt, with the
-            path's knots added to `tstops` or `d_discontinuities` as `CDEProblem` describes).
+            path's knots added to `tstops` or `d_discontinuities` as `CDEProblem` describes), or an
+            `SDEProblem` (solved with an SDE method from `pyode.solvers.sde`, `ReversibleHeun()`,
+            or `Euler()`/`Heun()`/`Midpoint()`, which stand for Euler–Maruyama and the
+            Stratonovich Heun and midpoint methods; gradients by `DirectAdjoint`,
+            `BacksolveAdjoint` (the stochastic adjoint) or `ReversibleAdjoint`).
         solver: the time-stepping method, e.g. `Tsit5()`.
         saveat: times (1-D, strictly monotone in the direction of integration, inside tspan) at
             which to return the solution, reached by dense interpolation rather than by shortening
@@ -129,8 +134,22 @@ def solve(
     user_prob = prob
     if isinstance(prob, CDEProblem):
         prob, tstops, d_discontinuities = _lower_cde(prob, tstops, d_discontinuities, batch_axis, backend)
-    elif not isinstance(prob, ODEProblem):
-        raise TypeError(f"prob must be a pyode.ODEProblem or pyode.CDEProblem; got {type(prob).__name__}")
+    elif isinstance(prob, SDEProblem):
+        asked = dict(events=events, regularize=regularize, compile=compile, batch_axis=batch_axis, dense=dense)
+        times_with_grad = [isinstance(t, torch.Tensor) and t.requires_grad for t in (*prob.tspan, saveat)]
+        if any(times_with_grad):
+            name = ("tspan[0]", "tspan[1]", "saveat")[times_with_grad.index(True)]
+            raise ValueError(
+                f"{name} requires grad: an SDE's solution has no time derivative to differentiate with respect to "
+                "its times (the path is nowhere differentiable); detach it"
+            )
+        solver = sde_form(solver)
+        prob = _lower_sde(prob, solver, sensealg, backend, asked)
+        dense = False  # the steps have no interpolant: sol.y holds the path at the save points
+    elif isinstance(prob, NoisyODEProblem) or not isinstance(prob, ODEProblem):
+        raise TypeError(
+            f"prob must be a pyode.ODEProblem, pyode.CDEProblem or pyode.SDEProblem; got {type(prob).__name__}"
+        )
     if backend == "julia":
         asked = dict(
             events=events, d_discontinuities=d_discontinuities, observers=observers, progress=progress, compile=compile
@@ -211,7 +230,75 @@ def solve(
     with no_autocast(device):
         sol = run(opts) if local is None else _locally_regularized(prob, opts, run, local, backend)
     sol.prob = user_prob
+    if isinstance(prob, NoisyODEProblem):
+        sol.bm = prob.noise.bm
     return sol
+
+
+_SDE_SOLVERS = "EulerMaruyama(), EulerHeun(), Heun(), Midpoint(), ReversibleHeun(), Milstein() or SRA1()"
+
+
+def _lower_sde(prob: SDEProblem, solver: AbstractSolver, sensealg: Any, backend: str, asked: dict) -> NoisyODEProblem:
+    """An SDE as its drift ODE carrying its noise, which the SDE methods read; what they and the
+    gradient methods cannot do is refused here by name."""
+    from .brownian import BrownianInterval, as_brownian
+
+    if backend == "julia":
+        raise ValueError('SDEProblem: stochastic differential equations run on backend="torch" only')
+    refused = sorted(k for k, v in asked.items() if v is not None and v is not False and v != ())
+    if refused:
+        raise ValueError(
+            f"{', '.join(refused)}: not available for an SDEProblem (its steps have no dense interpolant, and "
+            "per-sample and compiled steps are for ODEs)"
+        )
+    if not isinstance(solver, AbstractSDESolver):
+        raise TypeError(f"{solver!r} is not a method for SDEs; use {_SDE_SOLVERS}")
+    if prob.sde_type not in solver.sde_types:
+        fix = (
+            "EulerHeun(), Heun(), Midpoint(), ReversibleHeun() or Milstein()"
+            if prob.sde_type == "stratonovich"
+            else "EulerMaruyama(), Milstein() or (additive noise) SRA1()"
+        )
+        raise ValueError(
+            f"{solver!r} converges to the {' or '.join(solver.sde_types)} solution, but this SDE has "
+            f"sde_type={prob.sde_type!r}: use {fix}"
+        )
+    if prob.noise not in solver.noise_types:
+        raise ValueError(
+            f"{solver!r} handles {', '.join(solver.noise_types)} noise; this SDE has noise={prob.noise!r}. Use "
+            "EulerMaruyama() (Itô) or EulerHeun()/Heun()/ReversibleHeun() (Stratonovich), which handle any noise"
+        )
+    if sensealg is not None and not isinstance(sensealg, (DirectAdjoint, BacksolveAdjoint, ReversibleAdjoint)):
+        raise ValueError(
+            f"sensealg={sensealg!r}: an SDEProblem is differentiated by DirectAdjoint(), BacksolveAdjoint() (the "
+            "stochastic adjoint, re-reading the same Brownian path backward) or ReversibleAdjoint() with "
+            "ReversibleHeun()"
+        )
+    shape = prob.brownian_shape()
+    y0 = prob.y0
+    t0, t1 = (float(t.detach()) if isinstance(t, torch.Tensor) else float(t) for t in prob.tspan)
+    if prob.bm is None:
+        bm = BrownianInterval(
+            min(t0, t1), max(t0, t1), shape, dtype=y0.dtype, device=y0.device, levy_area=solver.levy_area
+        )
+    else:
+        bm = as_brownian(prob.bm)
+        got = tuple(bm.shape) if getattr(bm, "shape", None) is not None else tuple(shape)  # a plain callable: unknown
+        if got != tuple(shape):
+            raise ValueError(
+                f"bm has shape {got}, but noise={prob.noise!r} with y0 of shape {tuple(y0.shape)} needs Brownian "
+                f"motion of shape {tuple(shape)}"
+            )
+        dtype, device = getattr(bm, "dtype", None) or y0.dtype, getattr(bm, "device", None) or y0.device
+        if dtype != y0.dtype or torch.device(device) != y0.device:
+            raise TypeError(f"bm is {dtype} on {device} but y0 is {y0.dtype} on {y0.device}: build bm like y0")
+        if solver.levy_area and not getattr(bm, "levy_area", False):
+            raise ValueError(
+                f"{solver!r} reads the space-time Lévy area of the Brownian motion: pass bm=pyode.BrownianInterval"
+                "(..., levy_area=True) or pyode.VirtualBrownianTree(..., levy_area=True), or leave bm to the default"
+            )
+    noise = SDENoise(prob.g, bm, prob.noise, prob.sde_type)
+    return NoisyODEProblem(prob.f, y0, prob.tspan, prob.params, noise=noise)
 
 
 def _lower_cde(

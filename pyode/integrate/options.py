@@ -15,6 +15,7 @@ from ..regularizers import Regularization
 from ..regularizers import check as check_regularization
 from ..solvers.base import AbstractSolver
 from ..solvers.reversible import AbstractReversibleSolver
+from ..solvers.sde import AbstractSDESolver
 from ..step_control import AbstractController, PIController
 from .compiled import compile_options
 from .events import check_events
@@ -309,7 +310,7 @@ def make_options(
             f"events are located on dense output, which {solver!r} does not have; use a Runge–Kutta solver such "
             "as Tsit5() with events"
         )
-    if isinstance(solver, AbstractReversibleSolver):
+    if isinstance(solver, (AbstractReversibleSolver, AbstractSDESolver)):
         # No dense interpolant: the steps land on the save points instead.
         if dense:
             raise ValueError(f"{solver!r} has no dense output, so dense=True is not available; use saveat=")

@@ -22,7 +22,7 @@ from .._autocast import no_autocast
 from ..integrate import SolveOptions, StateLayout, integrate, make_options
 from ..interpolation import DenseOutput
 from ..norms import Norm, make_seminorm, mixed_norm
-from ..problem import ODEProblem, Solution, SolveError, Stats
+from ..problem import NoisyODEProblem, ODEProblem, Solution, SolveError, Stats
 from ..solvers.base import AbstractSolver
 from ..solvers.implicit import AbstractImplicitSolver
 from .base import AbstractSensitivityAlgorithm
@@ -179,12 +179,17 @@ def solve_backward(
     stats: Stats,
     on_step=None,
     integral_parts: int = 0,
+    noise: Any = None,
 ) -> tuple[tuple, float | None]:
     """Integrate an adjoint system from t_from to t_to; returns the state there and the
     controller's next step (to start the next interval with). `integral_parts` trailing parts
-    of the state are plain integrals (a_θ), which an implicit solver leaves out of its Jacobian."""
+    of the state are plain integrals (a_θ), which an implicit solver leaves out of its Jacobian.
+    With `noise` (the stochastic adjoint's diffusion) the system is an SDE on the forward path."""
     opts = backward_options(sensealg, record, t_from, t_to, dt, norm)
-    prob = ODEProblem(f, state, (t_from, t_to), integral_parts=integral_parts)
+    if noise is not None:
+        prob = NoisyODEProblem(f, state, (t_from, t_to), integral_parts=integral_parts, noise=noise)
+    else:
+        prob = ODEProblem(f, state, (t_from, t_to), integral_parts=integral_parts)
     solver = sensealg.solver or record.solver
     try:
         sol = integrate(prob, solver, opts, throw=True, on_step=on_step)

@@ -15,6 +15,7 @@ from .adjoint import (
     solve_backward,
     sweep,
 )
+from .sde_adjoint import sde_backsolve_sweep
 from .vector_field import VectorField
 
 
@@ -50,6 +51,8 @@ class BacksolveAdjoint(AbstractAdjoint):
     def backward_sweep(
         self, record: ForwardRecord, grad_ys: torch.Tensor, vf: VectorField, stats: Stats
     ) -> AdjointGradients:
+        if getattr(record.prob, "noise", None) is not None:
+            return sde_backsolve_sweep(self, record, grad_ys, vf, stats)
         norm = adjoint_norm(self, n_groups=3, keep=2)
 
         def augmented(t: float, state: tuple) -> tuple:

@@ -70,6 +70,9 @@ class ReversibleAdjoint(AbstractAdjointFunction):
             return layout.call(user_f, t, y)
 
         stepper = record.solver.stepper(f, y0.dtype, y0.device)
+        configure = getattr(stepper, "configure", None)
+        if configure is not None:  # an SDE's noise: the same Brownian increments as the forward steps
+            configure(record.prob, layout, record.opts.rtol, record.opts.atol, None, stats)
         steps = record.data["steps"]
         ts = record.ts
         k = len(ts) - 1

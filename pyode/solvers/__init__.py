@@ -21,4 +21,9 @@ from .reversible import AsyncLeapfrog as AsyncLeapfrog
 from .reversible import Reversible as Reversible
 from .reversible import ReversibleHeun as ReversibleHeun
 from .runge_kutta import AbstractExplicitRK as AbstractExplicitRK
+from .sde import SRA1 as SRA1
+from .sde import AbstractSDESolver as AbstractSDESolver
+from .sde import EulerHeun as EulerHeun
+from .sde import EulerMaruyama as EulerMaruyama
+from .sde import Milstein as Milstein
 from .tableau import ButcherTableau as ButcherTableau

@@ -15,6 +15,7 @@ import torch
 
 from .base import AbstractSolver, AbstractStepper, StepResult, VectorField
 from .runge_kutta import AbstractExplicitRK
+from .sde import AbstractSDESolver, bind_noise
 
 
 class AbstractReversibleStepper(AbstractStepper):
@@ -125,16 +126,21 @@ class _ReversibleStepper(AbstractReversibleStepper):
 
 
 @dataclass(frozen=True)
-class ReversibleHeun(AbstractReversibleSolver):
+class ReversibleHeun(AbstractReversibleSolver, AbstractSDESolver):
     """The reversible Heun method (Kidger, Foster, Li & Lyons, "Efficient and accurate
-    gradients for neural SDEs", NeurIPS 2021), for ODEs: with an auxiliary state z,
+    gradients for neural SDEs", NeurIPS 2021), for ODEs and Stratonovich SDEs: with an
+    auxiliary state z and the carried f_n = f(t_n, z_n), g_n = g(t_n, z_n),
 
-        z_{n+1} = 2 y_n - z_n + h f(t_n, z_n),
-        y_{n+1} = y_n + h/2 (f(t_n, z_n) + f(t_{n+1}, z_{n+1})),
+        z_{n+1} = 2 y_n - z_n + h f_n + g_n ΔW,
+        y_{n+1} = y_n + h/2 (f_n + f_{n+1}) + ½ (g_n + g_{n+1}) ΔW,
 
-    one evaluation of f per step (f(t_n, z_n) is carried), second order, and inverted by
-        z_n = 2 y_{n+1} - z_{n+1} - h f(t_{n+1}, z_{n+1}),  y_n = y_{n+1} - h/2 (f(t_n, z_n) + f(t_{n+1}, z_{n+1})).
-    Adaptive with the embedded estimate h/2 (f(t_{n+1}, z_{n+1}) - f(t_n, z_n)) (Heun minus Euler).
+    one evaluation of f (and of g) per step, second order for ODEs (strong order 0.5 for SDEs,
+    1.0 for additive noise), and inverted exactly by
+        z_n = 2 y_{n+1} - z_{n+1} - h f_{n+1} - g_{n+1} ΔW,  y_n = y_{n+1} - h/2 (f_n + f_{n+1}) - ½ (g_n + g_{n+1}) ΔW.
+    Adaptive with the embedded estimate h/2 (f_{n+1} - f_n) + ½ (g_{n+1} - g_n) ΔW (Heun minus Euler).
+    With `ReversibleAdjoint` (its default) the gradient is the exact gradient of the discrete
+    solve, at memory independent of the number of steps, for SDEs too (the backward pass
+    re-reads the same Brownian increments).
     """
 
     order = 2
@@ -147,21 +153,61 @@ class ReversibleHeun(AbstractReversibleSolver):
 class _ReversibleHeunStepper(AbstractReversibleStepper):
     def __init__(self, f: VectorField):
         self.f = f
+        self.diffusion = None  # an SDE's, bound by `configure`
+        self.n = 0
+
+    def configure(self, prob, layout, rtol, atol, norm: Callable, stats) -> None:
+        if getattr(prob, "noise", None) is not None:
+            self.diffusion = bind_noise(ReversibleHeun(), prob, layout, stats)
+            self.n = layout.numel
 
     def init(self, t0: float, y0: torch.Tensor, f0: torch.Tensor) -> torch.Tensor:
+        if self.diffusion is not None:  # (y, z, f(t, z), g(t, z))
+            return torch.cat((y0, y0, f0, self.diffusion.matrix(t0, y0).reshape(-1)))
         return torch.cat((y0, y0, f0))  # (y, z, f(t, z))
 
     def output(self, state: torch.Tensor) -> torch.Tensor:
+        if self.diffusion is not None:
+            return state[: self.n]
         return state[: state.shape[0] // 3]
 
+    def _split(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = self.n
+        y, z, fz, gz = state[:n], state[n : 2 * n], state[2 * n : 3 * n], state[3 * n :]
+        return y, z, fz, gz.view(self._g_shape(gz))
+
+    def _g_shape(self, flat: torch.Tensor) -> tuple[int, ...]:
+        shape = self.diffusion.shape
+        return tuple(shape) if self.diffusion.noise == "diagonal" else (*shape, flat.numel() // self.n)
+
     def step(self, t: float, state: torch.Tensor, h: float, k1: torch.Tensor | None = None) -> StepResult:
+        if self.diffusion is not None:
+            return self._sde_step(t, state, h)
         y, z, fz = state.chunk(3)
         z1 = torch.add(2 * y - z, fz, alpha=h)
         fz1 = self.f(t + h, z1)
         y1 = torch.add(y, fz + fz1, alpha=h / 2)
         return StepResult(t, h, state, torch.cat((y1, z1, fz1)), error=(fz1 - fz) * (h / 2))
 
+    def _sde_step(self, t: float, state: torch.Tensor, h: float) -> StepResult:
+        D = self.diffusion
+        y, z, f0, g0 = self._split(state)
+        dW = D.increment(t, h)
+        z1 = 2 * y - z + f0 * h + D.times(g0, dW)
+        f1, g1 = self.f(t + h, z1), D.matrix(t + h, z1)
+        y1 = y + (f0 + f1) * (0.5 * h) + D.times(g0 + g1, dW) * 0.5
+        error = (f1 - f0) * (0.5 * h) + D.times(g1 - g0, dW) * 0.5
+        return StepResult(t, h, state, torch.cat((y1, z1, f1, g1.reshape(-1))), error=error)
+
     def inverse(self, t: float, h: float, state: torch.Tensor) -> torch.Tensor:
+        if self.diffusion is not None:
+            D = self.diffusion
+            y1, z1, f1, g1 = self._split(state)
+            dW = D.increment(t, h)
+            z = 2 * y1 - z1 - f1 * h - D.times(g1, dW)
+            f0, g0 = self.f(t, z), D.matrix(t, z)
+            y = y1 - (f0 + f1) * (0.5 * h) - D.times(g0 + g1, dW) * 0.5
+            return torch.cat((y, z, f0, g0.reshape(-1)))
         y1, z1, fz1 = state.chunk(3)
         z = torch.add(2 * y1 - z1, fz1, alpha=-h)
         fz = self.f(t, z)
