@@ -18,6 +18,8 @@ from .compat import cdeint as cdeint
 from .compat import odeint as odeint
 from .compat import odeint_adjoint as odeint_adjoint
 from .compat import odeint_event as odeint_event
+from .compat import sdeint as sdeint
+from .compat import sdeint_adjoint as sdeint_adjoint
 from .integrate import AcceptedStep as AcceptedStep
 from .integrate import Event as Event
 from .integrate import Observer as Observer

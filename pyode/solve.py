@@ -68,7 +68,8 @@ def solve(
             steps. By default every step is saved.
         dt: with an adaptive solver, the first step (chosen by Hairer's heuristic when omitted);
             with `adaptive=False` or a solver without an error estimate, the fixed step.
-        adaptive: step adaptively (the default when the solver has an error estimate).
+        adaptive: step adaptively (the default when the solver has an error estimate; for an
+            `SDEProblem` fixed steps of `dt` are the default).
         rtol, atol: the error test is internalnorm(err / (atol + rtol·max(|y_n|, |y_{n+1}|))) ≤ 1.
         internalnorm: a norm on states (`pyode.rms_norm` by default, `pyode.max_norm`,
             `pyode.mixed_norm`, a seminorm from `pyode.make_seminorm`, or any homogeneous callable).
@@ -146,6 +147,13 @@ def solve(
         solver = sde_form(solver)
         prob = _lower_sde(prob, solver, sensealg, backend, asked)
         dense = False  # the steps have no interpolant: sol.y holds the path at the save points
+        if adaptive is None:  # SDEs step with a fixed dt unless asked (as torchsde's and SciML's do)
+            adaptive = False
+        if not adaptive and dt is None:
+            raise ValueError(
+                "dt: an SDEProblem steps with a fixed dt by default; pass dt=..., or adaptive=True with rtol/atol "
+                "(strong order 0.5–1.5 methods: tolerances near 1e-2–1e-4, not the ODE defaults)"
+            )
     elif isinstance(prob, NoisyODEProblem) or not isinstance(prob, ODEProblem):
         raise TypeError(
             f"prob must be a pyode.ODEProblem, pyode.CDEProblem or pyode.SDEProblem; got {type(prob).__name__}"
@@ -253,7 +261,8 @@ def _lower_sde(prob: SDEProblem, solver: AbstractSolver, sensealg: Any, backend:
         )
     if not isinstance(solver, AbstractSDESolver):
         raise TypeError(f"{solver!r} is not a method for SDEs; use {_SDE_SOLVERS}")
-    if prob.sde_type not in solver.sde_types:
+    # With additive noise the Itô and Stratonovich integrals agree: every method converges to both.
+    if prob.sde_type not in solver.sde_types and prob.noise != "additive":
         fix = (
             "EulerHeun(), Heun(), Midpoint(), ReversibleHeun() or Milstein()"
             if prob.sde_type == "stratonovich"
@@ -274,6 +283,12 @@ def _lower_sde(prob: SDEProblem, solver: AbstractSolver, sensealg: Any, backend:
             "stochastic adjoint, re-reading the same Brownian path backward) or ReversibleAdjoint() with "
             "ReversibleHeun()"
         )
+    if isinstance(sensealg, ReversibleAdjoint) and not isinstance(solver, AbstractReversibleSolver):
+        raise TypeError(f"ReversibleAdjoint needs ReversibleHeun() for an SDE; got {solver!r}")
+    if isinstance(sensealg, BacksolveAdjoint):
+        from .sensitivity.sde_adjoint import backward_solver
+
+        backward_solver(sensealg, solver)  # refuses a backward method that cannot step the adjoint SDE
     shape = prob.brownian_shape()
     y0 = prob.y0
     t0, t1 = (float(t.detach()) if isinstance(t, torch.Tensor) else float(t) for t in prob.tspan)
@@ -292,6 +307,11 @@ def _lower_sde(prob: SDEProblem, solver: AbstractSolver, sensealg: Any, backend:
         dtype, device = getattr(bm, "dtype", None) or y0.dtype, getattr(bm, "device", None) or y0.device
         if dtype != y0.dtype or torch.device(device) != y0.device:
             raise TypeError(f"bm is {dtype} on {device} but y0 is {y0.dtype} on {y0.device}: build bm like y0")
+        lo, hi = getattr(bm, "t0", None), getattr(bm, "t1", None)
+        if lo is not None and hi is not None and not (float(lo) <= min(t0, t1) and max(t0, t1) <= float(hi)):
+            raise ValueError(
+                f"bm covers [{float(lo):.6g}, {float(hi):.6g}], which does not contain tspan = ({t0:.6g}, {t1:.6g})"
+            )
         if solver.levy_area and not getattr(bm, "levy_area", False):
             raise ValueError(
                 f"{solver!r} reads the space-time Lévy area of the Brownian motion: pass bm=pyode.BrownianInterval"

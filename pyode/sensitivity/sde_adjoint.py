@@ -25,7 +25,7 @@ import torch
 from ..integrate import StateLayout
 from ..problem import SDENoise, Stats
 from ..solvers.base import AbstractSolver
-from ..solvers.sde import AbstractDiffusion, AbstractSDESolver, SDEHeun
+from ..solvers.sde import AbstractDiffusion, AbstractSDESolver, SDEHeun, sde_form
 from .adjoint import AdjointGradients, ForwardRecord, adjoint_norm, solve_backward, sweep
 from .vector_field import VectorField
 
@@ -35,6 +35,7 @@ def backward_solver(sensealg: Any, forward: AbstractSolver) -> AbstractSolver:
     products g·dW alone, else `Heun()`."""
     solver = sensealg.solver
     if solver is not None:
+        solver = sde_form(solver)  # Heun() and Midpoint() stand for their SDE forms
         if not (isinstance(solver, AbstractSDESolver) and solver.products_only):
             raise TypeError(
                 f"{type(sensealg).__name__}(solver={solver!r}): the backward SDE of the stochastic adjoint has "
@@ -69,16 +70,21 @@ class _StratonovichDrift:
         self.stats.nfe_diffusion += 1
         shape = self.layout.shapes[0]
         G = self.g(torch.scalar_tensor(t, dtype=z.dtype, device=z.device), z.view(shape)).to(z.dtype)
+        if not G.requires_grad:  # g reads neither z nor a parameter: no correction
+            return out
         if self.noise.noise == "diagonal":
-            (correction,) = torch.autograd.grad(G, z, G, create_graph=True)
-        else:  # scalar and general noise: Σ_k (∂g_k/∂z) g_k, one forward-mode product per column
-            correction = torch.zeros_like(z)
-            for k in range(G.shape[-1]):
-                column = G[..., k].reshape(-1)
-                w = torch.zeros_like(column, requires_grad=True)
-                (vjp,) = torch.autograd.grad(column, z, w, create_graph=True)
-                (jvp,) = torch.autograd.grad(vjp, w, column, create_graph=True)
-                correction = correction + jvp
+            (correction,) = torch.autograd.grad(G, z, G, create_graph=True, allow_unused=True)
+            return out if correction is None else out - 0.5 * correction
+        # scalar and general noise: Σ_k (∂g_k/∂z) g_k, one forward-mode product per column
+        correction = torch.zeros_like(z)
+        for k in range(G.shape[-1]):
+            column = G[..., k].reshape(-1)
+            w = torch.zeros_like(column, requires_grad=True)
+            (vjp,) = torch.autograd.grad(column, z, w, create_graph=True, allow_unused=True)
+            if vjp is None or not vjp.requires_grad:  # g does not read z
+                return out
+            (jvp,) = torch.autograd.grad(vjp, w, column, create_graph=True)
+            correction = correction + jvp
         return out - 0.5 * correction
 
 

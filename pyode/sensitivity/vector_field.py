@@ -16,6 +16,7 @@ class VectorField:
 
     def __init__(self, prob: ODEProblem, layout: StateLayout, params: tuple[torch.Tensor, ...], stats: Stats):
         self.f = prob.f
+        self.prob = prob
         self.layout = layout
         self.params = params
         self.sizes = [p.numel() for p in params]
@@ -85,6 +86,18 @@ class VectorField:
         with torch.enable_grad():
             y_ = y.detach().requires_grad_(True)
             out = self.layout.call(self.f, t, y_)
+        self.check_graph(out, y_, "f")
+        noise = getattr(self.prob, "noise", None)
+        if noise is not None and hasattr(noise, "g"):  # an SDE's diffusion is differentiated too
+            self.stats.nfe_diffusion += 1
+            with torch.enable_grad():
+                tt = torch.scalar_tensor(t, dtype=y.dtype, device=y.device)
+                self.check_graph(noise.g(tt, self.layout.unflatten(y_)), y_, "g")
+
+    def check_graph(self, out: torch.Tensor, y_: torch.Tensor, name: str) -> None:
+        """Raise if the graph of `out` reaches a tensor that requires grad other than y_ and the params."""
+        if not isinstance(out, torch.Tensor):
+            return
         known = {id(p) for p in self.params} | {id(y_)}
         # Non-leaf params are fine: the VJP stops at them, and backward continues above them.
         boundary = {p.grad_fn for p in self.params if p.grad_fn is not None}
@@ -101,10 +114,11 @@ class VectorField:
                 missing.append(tuple(variable.shape))
             stack.extend(fn for fn, _ in node.next_functions)
         if missing:
+            problem = "SDEProblem" if name == "g" or getattr(self.prob, "noise", None) is not None else "ODEProblem"
             raise ValueError(
-                f"f uses {len(missing)} tensor(s) that require grad but are not in prob.params (shapes "
+                f"{name} uses {len(missing)} tensor(s) that require grad but are not in prob.params (shapes "
                 f"{missing[:5]}); the adjoint would give them no gradient. Pass them as "
-                "ODEProblem(..., params=[...]) (for an nn.Module f they are found automatically), "
+                f"{problem}(..., params=[...]) (for an nn.Module {name} they are found automatically), "
                 "or use sensealg=DirectAdjoint()."
             )
 

@@ -135,7 +135,7 @@ class ReversibleHeun(AbstractReversibleSolver, AbstractSDESolver):
         y_{n+1} = y_n + h/2 (f_n + f_{n+1}) + ½ (g_n + g_{n+1}) ΔW,
 
     one evaluation of f (and of g) per step, second order for ODEs (strong order 0.5 for SDEs,
-    1.0 for additive noise), and inverted exactly by
+    1.0 for commutative noise, measured), and inverted exactly by
         z_n = 2 y_{n+1} - z_{n+1} - h f_{n+1} - g_{n+1} ΔW,  y_n = y_{n+1} - h/2 (f_n + f_{n+1}) - ½ (g_n + g_{n+1}) ΔW.
     Adaptive with the embedded estimate h/2 (f_{n+1} - f_n) + ½ (g_{n+1} - g_n) ΔW (Heun minus Euler).
     With `ReversibleAdjoint` (its default) the gradient is the exact gradient of the discrete

@@ -16,7 +16,7 @@ by name. Strong orders (on diagonal commutative noise, which every test problem 
 | EulerMaruyama | Itô | any | 0.5 (1.0 additive) | 1 f, 1 g | no |
 | EulerHeun | Stratonovich | any | 0.5 (1.0 commutative) | 1 f, 2 g | yes |
 | Heun, Midpoint (SDE) | Stratonovich | any | 0.5 (1.0 commutative) | 2 f, 2 g | yes |
-| ReversibleHeun | Stratonovich | any | 0.5 (1.0 additive) | 1 f, 1 g | yes |
+| ReversibleHeun | Stratonovich | any | 0.5 (1.0 commutative) | 1 f, 1 g | yes |
 | Milstein | both | diagonal, scalar, additive | 1.0 | 1 f, 1 g + one VJP | yes |
 | SRA1 | both (additive) | additive | 1.5 | 2 f, 2 g | yes |
 """
@@ -131,21 +131,25 @@ class Diffusion(AbstractDiffusion):
         shaped like W: diagonal noise, Σ_i v_i g_i ∂g_i/∂y_j (g_i reading y_i only, as
         torchsde's); scalar noise, the Jacobian–vector product (∂g/∂y) g times v; additive
         noise, zero. Differentiable when grad is enabled (`DirectAdjoint` through Milstein)."""
-        create = torch.is_grad_enabled()
-        with torch.enable_grad():
-            y_in = y if (create and y.requires_grad) else y.detach().requires_grad_(True)
-            G = self.matrix(t, y_in)
-            if self.noise == "additive" or not G.requires_grad:
-                return G, torch.zeros_like(y)
-            if self.noise == "diagonal":
-                (term,) = torch.autograd.grad(G, y_in, (G * v).reshape(G.shape), create_graph=create)
-                return G, term
-            # scalar: (∂g/∂y) g by the double-VJP trick (forward mode through any g)
-            column = G[..., 0].reshape(-1)
-            w = torch.zeros_like(column, requires_grad=True)
-            (vjp,) = torch.autograd.grad(column, y_in, w, create_graph=True)
-            (jvp,) = torch.autograd.grad(vjp, w, column, create_graph=create)
-            return G, jvp * v.expand(*self.shape[:-1], 1).expand(self.shape).reshape(-1)
+        if torch.is_inference_mode_enabled():
+            # Inference tensors cannot enter autograd: take the derivative on ordinary copies.
+            with torch.inference_mode(False):
+                G, term = self.milstein(t, y.clone(), v.clone())
+            return G.detach(), term.detach()
+        if self.noise == "additive":
+            return self.matrix(t, y), torch.zeros_like(y)
+        # torch.func's transforms differentiate g at y alone: autograd.grad with respect to a y
+        # that carries the solve's history would walk all of it on every step (quadratic in the
+        # steps under DirectAdjoint), while the term stays differentiable by ordinary autograd.
+        if self.noise == "diagonal":
+            G, pullback = torch.func.vjp(lambda x: self.matrix(t, x), y)
+            (term,) = pullback((G * v).reshape(G.shape))
+            return G, term
+        # scalar: the Jacobian–vector product (∂g/∂y) g in forward mode
+        G = self.matrix(t, y)
+        direction = G[..., 0].reshape(-1)
+        _, jvp = torch.func.jvp(lambda x: self.matrix(t, x)[..., 0].reshape(-1), (y,), (direction,))
+        return G, jvp * v.expand(*self.shape[:-1], 1).expand(self.shape).reshape(-1)
 
 
 class AbstractSDESolver(AbstractSolver):
