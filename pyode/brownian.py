@@ -48,9 +48,11 @@ References:
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
 import numbers
 import operator
+import threading
 from collections import OrderedDict
 from typing import Any, Callable, NamedTuple, Sequence, Union
 
@@ -81,13 +83,18 @@ class AbstractBrownian(abc.ABC):
     dtype: torch.dtype | None
     device: torch.device | None
     levy_area: bool  # whether `increment` can return H
+    # Queries share a cache and a generator reseeded per draw: one thread at a time (a solve in
+    # each of several threads on one path is safe, and reads the same values as in one thread).
+    # A subclass without shared state needs no lock.
+    _lock: Any = contextlib.nullcontext()
 
     def __call__(self, s: Time, t: Time) -> torch.Tensor:
         """W(t) - W(s), of shape `shape`; s > t is allowed and gives minus the increment over [t, s]."""
         s, t = self._time(s, "s"), self._time(t, "t")
-        if s <= t:
-            return self._increment(s, t, False)[0]
-        return -self._increment(t, s, False)[0]
+        with self._lock:
+            if s <= t:
+                return self._increment(s, t, False)[0]
+            return -self._increment(t, s, False)[0]
 
     def increment(self, s: Time, t: Time) -> BrownianIncrement:
         """(W(t) - W(s), H over the interval between s and t), each of shape `shape`.
@@ -105,10 +112,11 @@ class AbstractBrownian(abc.ABC):
         # is the integrand of H and is symmetric in (s, t): it is W minus the chord through (s, W_s) and (t, W_t).
         # So H_{t,s} = (1/(s - t)) ∫_t^s B_r dr = (1/(t - s)) ∫_s^t B_r dr = H_{s,t}: both the prefactor and the
         # integral change sign. Hence increment(s, t) for s > t is (-ΔW over [t, s], H over [t, s]).
-        if s <= t:
-            dW, H = self._increment(s, t, True)
-            return BrownianIncrement(dW, H)
-        dW, H = self._increment(t, s, True)
+        with self._lock:
+            if s <= t:
+                dW, H = self._increment(s, t, True)
+                return BrownianIncrement(dW, H)
+            dW, H = self._increment(t, s, True)
         return BrownianIncrement(-dW, H)
 
     def evaluate(self, t: Time) -> torch.Tensor:
@@ -472,6 +480,7 @@ class _CallableBrownian(AbstractBrownian):
 
     def __init__(self, bm: Callable, t0: Any, t1: Any, shape: Any, dtype: Any, device: Any):
         self._bm = bm
+        self._lock = threading.RLock()
         self.t0 = None if t0 is None else float(t0)
         self.t1 = None if t1 is None else float(t1)
         self.shape = None if shape is None else tuple(int(n) for n in shape)
@@ -589,6 +598,7 @@ def _setup(
         raise ValueError(f"cache_size must be an int ≥ 1; got {cache_size!r}")
     bm._cache_size = int(cache_size)
     bm._cache = OrderedDict()
+    bm._lock = threading.RLock()
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()).item())
     elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral):

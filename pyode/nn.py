@@ -185,7 +185,9 @@ class NeuralSDE(nn.Module):
         noise, sde_type: as in `pyode.SDEProblem` (by default diagonal, Stratonovich: the
             calculus of the reversible Heun method, the default solver).
         solver: the method: `ReversibleHeun()` by default, whose `ReversibleAdjoint` gives exact
-            gradients at memory independent of the number of steps (Kidger et al. 2021).
+            gradients at memory independent of the number of steps (Kidger et al. 2021). It is
+            unstable on strongly dissipative dynamics over long spans (see `ReversibleHeun`):
+            there pass `Heun()` with `sensealg=BacksolveAdjoint()`.
         sensealg: how gradients flow back (the solver's default when None).
         dt: the step (fixed steps by default, as neural SDEs are usually trained).
         adaptive: step adaptively with `rtol`/`atol` instead (on the same Brownian path).

@@ -649,6 +649,11 @@ class Solution:
                 carry no gradient. Pass the times as `saveat=`, or call it under `torch.no_grad()`.
         """
         if self.dense is None:
+            if isinstance(self.prob, SDEProblem):
+                raise ValueError(
+                    "an SDE's solution has no dense output (its steps have no interpolant): pass the times as "
+                    "solve(..., saveat=...)"
+                )
             raise ValueError(
                 "this Solution has no dense output; call solve(..., dense=True) to evaluate it between save points"
             )

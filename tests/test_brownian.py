@@ -441,3 +441,32 @@ def test_bad_query_times_are_refused_by_name(cls):
     # a few ulps of slack at the ends, in the time's own precision
     assert torch.equal(bm(0.0, math.nextafter(1.0, 2.0)), bm(0.0, 1.0))
     assert torch.equal(bm(0.0, torch.tensor(1.0000001, dtype=torch.float32)), bm(0.0, 1.0))
+
+
+@pytest.mark.parametrize("cls", [VirtualBrownianTree, BrownianInterval])
+def test_threads_sharing_one_path_read_the_serial_values(cls):
+    # The cache and the generator (reseeded per draw) are shared: without the lock, 4 threads
+    # re-querying one path read values off by up to 0.35, and BrownianInterval raised KeyError.
+    import threading
+
+    kw = {"tol": 1e-4} if cls is VirtualBrownianTree else {}
+    bm = cls(0.0, 1.0, (16, 4), seed=5, cache_size=4, **kw)
+    times = torch.linspace(0.0, 1.0, 41, dtype=torch.float64).tolist()
+    serial = [bm(s, t) for s, t in itertools.pairwise(times)]
+    errors, results = [], {}
+
+    def work(i):
+        try:
+            order = torch.randperm(len(serial), generator=torch.Generator().manual_seed(i)).tolist()
+            results[i] = {k: bm(times[k], times[k + 1]) for k in order}
+        except Exception as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    for got in results.values():
+        assert all(torch.equal(got[k], serial[k]) for k in range(len(serial)))

@@ -19,6 +19,7 @@ RUNS = {
     "hamiltonian": ["--iters", "2", "--plot", ""],
     "irregular_timeseries": ["--iters", "2", "--plot", ""],
     "ncde_classification": ["--quick"],
+    "latent_sde": ["--quick"],
 }
 NEEDS = {"digits_classifier": "sklearn"}
 

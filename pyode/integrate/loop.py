@@ -234,11 +234,12 @@ class _Loop:
         stop = self.stops[self.stop_i]
         remaining = self.direction * (stop - t)
         # Stretch a step by up to 1% to land on a stop rather than leave a sliver (Hairer's
-        # DOPRI5); a fixed step lands when it is within rounding of the stop.
+        # DOPRI5); a fixed step lands when it is within rounding of the stop, the rounding that
+        # accumulated in t over the span (a backward solve toward 0 carries t1's ulps).
         if opts.adaptive:
             reach = min(1.01 * self.h_abs, opts.dtmax)
         else:
-            reach = self.h_abs + 64 * EPS * max(abs(t), abs(stop))
+            reach = self.h_abs + 64 * EPS * max(abs(t), abs(stop), abs(self.t0), abs(self.t1))
         if reach >= remaining:
             return self.direction * remaining, stop, True, (stop if stop in opts.discontinuities else None)
         h = self.direction * self.h_abs

@@ -60,6 +60,10 @@ class _StratonovichDrift:
         self.f, self.g, self.noise, self.stats = record.prob.f, noise.g, noise, stats
         self.layout: StateLayout = record.layout
         self.ito = noise.sde_type == "ito" and noise.noise != "additive"
+        # An Itô SDE solved backward in time (t1 < t0) is an Itô SDE in the reversed time, whose
+        # Stratonovich drift, read in the original time, is f + ½ Σ_k (∂g_k/∂z) g_k.
+        t0, t1 = (float(t.detach()) if isinstance(t, torch.Tensor) else float(t) for t in record.prob.tspan)
+        self.half = 0.5 if t1 >= t0 else -0.5
 
     def __call__(self, t: float, z: torch.Tensor) -> torch.Tensor:
         """Called under enable_grad with z requiring grad."""
@@ -74,7 +78,7 @@ class _StratonovichDrift:
             return out
         if self.noise.noise == "diagonal":
             (correction,) = torch.autograd.grad(G, z, G, create_graph=True, allow_unused=True)
-            return out if correction is None else out - 0.5 * correction
+            return out if correction is None else out - self.half * correction
         # scalar and general noise: Σ_k (∂g_k/∂z) g_k, one forward-mode product per column
         correction = torch.zeros_like(z)
         for k in range(G.shape[-1]):
@@ -85,7 +89,7 @@ class _StratonovichDrift:
                 return out
             (jvp,) = torch.autograd.grad(vjp, w, column, create_graph=True)
             correction = correction + jvp
-        return out - 0.5 * correction
+        return out - self.half * correction
 
 
 class _AdjointDiffusion(AbstractDiffusion):

@@ -141,6 +141,12 @@ class ReversibleHeun(AbstractReversibleSolver, AbstractSDESolver):
     With `ReversibleAdjoint` (its default) the gradient is the exact gradient of the discrete
     solve, at memory independent of the number of steps, for SDEs too (the backward pass
     re-reads the same Brownian increments).
+
+    Stability: its region of absolute stability is a segment of the imaginary axis, so on
+    strongly dissipative dynamics (a drift that pulls hard toward an attractor, such as the
+    double well x - x³ away from its wells) its parasitic mode grows and the solve ends
+    `Unstable` after a few time units; torchsde's reversible Heun does the same. Use `Heun()`
+    or `EulerHeun()` there, with `BacksolveAdjoint` for constant memory.
     """
 
     order = 2

@@ -66,7 +66,8 @@ class Diffusion(AbstractDiffusion):
     def __init__(self, g: Callable, bm: Any, noise: str, layout: Any, stats: Any):
         self.g, self.bm, self.noise, self.stats = g, bm, noise, stats
         self.shape, self.dtype, self.device = torch.Size(layout.shapes[0]), layout.dtype, layout.device
-        self.checked = self.dW_checked = False
+        self.g_shape: torch.Size | None = None  # g's output shape, checked on every call
+        self.dW_checked = False
 
     def increment(self, t: float, h: float) -> torch.Tensor:
         dW = self.bm(t, t + h)
@@ -98,7 +99,7 @@ class Diffusion(AbstractDiffusion):
         if not isinstance(t, torch.Tensor):
             t = torch.scalar_tensor(t, dtype=y.dtype, device=y.device)
         G = self.g(t, y.view(self.shape))
-        if not self.checked:
+        if not (isinstance(G, torch.Tensor) and G.shape == self.g_shape):
             self._check(G)
         if G.dtype != y.dtype:  # half precision under autocast
             G = G.to(y.dtype)
@@ -116,7 +117,9 @@ class Diffusion(AbstractDiffusion):
             raise ValueError(f"g(t, y) returned {got} for y of shape {tuple(shape)}; noise={self.noise!r} needs {want}")
         if G.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             raise TypeError(f"g(t, y) returned dtype {G.dtype}; it must return the state's dtype")
-        self.checked = True
+        if self.g_shape is not None and G.shape != self.g_shape:
+            raise ValueError(f"g(t, y) returned {tuple(G.shape)}, but earlier {tuple(self.g_shape)}: m changed")
+        self.g_shape = G.shape
 
     def times(self, G: torch.Tensor, dW: torch.Tensor) -> torch.Tensor:
         if self.noise == "diagonal":
@@ -344,7 +347,8 @@ class _MilsteinStepper(_SDEStepper):
     def step(self, t: float, y: torch.Tensor, h: float, k1: torch.Tensor | None) -> StepResult:
         D = self.diffusion
         dW = D.increment(t, h)
-        v = dW**2 - h if self.ito else dW**2
+        # Itô: E[ΔW²] = |h| in either direction of integration
+        v = dW**2 - abs(h) if self.ito else dW**2
         if D.noise == "scalar":
             v = v[..., :1]
         G, term = D.milstein(t, y, 0.5 * v)

@@ -557,6 +557,41 @@ def test_backward_in_time():
     assert abs(slope(DTS, errors) - 1.0) < 0.15, errors
 
 
+@pytest.mark.parametrize(("solver", "order"), [(pyode.EulerMaruyama(), 0.5), (pyode.Milstein(), 1.0)])
+def test_backward_in_time_ito(solver, order):
+    # An Itô SDE on tspan = (1, 0) is the Itô SDE of the reversed time τ = 1 - t, driven by
+    # W̃(τ) = W(1 - τ) - W(1): y(0) = y(1) exp((-μ - σ²/2) + σ (W_0 - W_1)). Milstein's term reads
+    # ΔW² - |h| there (with ΔW² - h it once converged to nothing, at an error of 0.55 for every dt).
+    bm = GridBrownian(0.0, 1.0, (2000, 2), 2**8, seed=7)
+    mu, sigma = torch.tensor(MU, dtype=torch.float64), torch.tensor(SIGMA, dtype=torch.float64)
+    y1 = torch.ones(2000, 2, dtype=torch.float64)
+    prob = pyode.SDEProblem(lambda t, y: mu * y, lambda t, y: sigma * y, y1, (1.0, 0.0), sde_type=ITO, bm=bm)
+    exact = y1 * torch.exp((-mu - sigma**2 / 2) - sigma * bm.W[-1])
+    errors = [(pyode.solve(prob, solver, dt=dt, adaptive=False).y[-1] - exact).abs().mean().item() for dt in DTS]
+    assert abs(slope(DTS, errors) - order) < 0.15, errors
+
+
+def test_diffusion_shape_is_checked_on_every_call():
+    calls = []
+
+    def g(t, y):  # right on the first call, then (1, 3): it would broadcast against dW silently
+        calls.append(1)
+        return 0.1 * (y if len(calls) == 1 else y[:1])
+
+    prob = pyode.SDEProblem(lambda t, y: -y, g, _Y0, (0.0, 1.0), bm=GridBrownian(0.0, 1.0, (4, 3), 2**4))
+    with pytest.raises(ValueError, match=r"g\(t, y\) returned \(1, 3\)"):
+        pyode.solve(prob, pyode.EulerMaruyama(), dt=2**-4)
+
+
+def test_sde_solution_has_no_dense_output():
+    prob = pyode.SDEProblem(
+        lambda t, y: -y, lambda t, y: 0.1 * y, _Y0, (0.0, 1.0), bm=GridBrownian(0.0, 1.0, (4, 3), 2**4)
+    )
+    sol = pyode.solve(prob, pyode.EulerMaruyama(), dt=2**-4)
+    with pytest.raises(ValueError, match="saveat"):
+        sol(0.5)
+
+
 # --- refusals ---------------------------------------------------------------------------------------
 
 _Y0 = torch.ones(4, 3, dtype=torch.float64)

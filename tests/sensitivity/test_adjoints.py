@@ -307,3 +307,16 @@ def test_backward_solve_uses_the_forward_controller(alg):
     sol.y[-1].sum().backward()
     backward = sol.adjoint_stats.naccept + sol.adjoint_stats.nreject
     assert calls["adapt"] - forward >= backward > 0
+
+
+@pytest.mark.parametrize("n", [100, 300, 1000])
+def test_fixed_step_backward_solve_takes_the_forward_steps(n):
+    # Stepping backward toward t = 0, t carries the rounding of t1 = 1 (an ulp of 1.0), far above
+    # an ulp of the last steps' times: the landing slack must count it, or the last step misses
+    # 0 by that much and a sliver step follows (301 backward steps for 300 forward ones, once).
+    w = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    prob = pyode.ODEProblem(lambda t, y: -w * y, torch.ones(2, 1, dtype=torch.float64), (0.0, 1.0), params=[w])
+    sol = pyode.solve(prob, pyode.RK4(), saveat=[1.0], dt=1 / n, sensealg=pyode.BacksolveAdjoint())
+    sol.y[-1].sum().backward()
+    assert sol.stats.naccept == n
+    assert sol.adjoint_stats.naccept == n
