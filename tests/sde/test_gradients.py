@@ -24,16 +24,6 @@ from pyode.nn import NeuralSDE
 
 from .test_solvers import GridBrownian, slope
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # small tensors: see tests/sde/test_solvers.py
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 D, BATCH = 3, 4
 ITO, STRAT = "ito", "stratonovich"
 

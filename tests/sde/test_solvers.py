@@ -39,17 +39,6 @@ import pyode
 from pyode.brownian import AbstractBrownian, BrownianInterval, VirtualBrownianTree
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The tensors here are small (≤ 8000 numbers): intra-op threads only add synchronization, and on a
-    # machine whose cores are busy they cost ~100× (measured: torch.sin on 2000 doubles, 3 ms with two
-    # threads against 24 µs with one).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class GridBrownian(AbstractBrownian):
     """An exact Brownian path on the grid t0 + kδ, δ = (t1 - t0)/n, with its space-time Lévy area.
 
