@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import torch
-from torch.autograd import forward_ad
 
 from .base import AbstractSolver, AbstractStepper, StepResult, VectorField
 
@@ -149,12 +148,12 @@ class Diffusion(AbstractDiffusion):
             G, pullback = torch.func.vjp(lambda x: self.matrix(t, x), y)
             (term,) = pullback((G * v).reshape(G.shape))
             return G, term
-        # scalar: the Jacobian–vector product (∂g/∂y) g in forward mode (forward AD carries the
-        # tangent along with the evaluation, and ordinary autograd records both)
+        # scalar: the Jacobian–vector product (∂g/∂y) g in forward mode. (Not torch.autograd's
+        # forward AD: inside an autograd.Function's forward, where the adjoints run the forward
+        # solve, it records no tangent, and the term would silently vanish.)
         G = self.matrix(t, y)
-        with forward_ad.dual_level():
-            tangent = forward_ad.unpack_dual(self.matrix(t, forward_ad.make_dual(y, G[..., 0].reshape(-1)))).tangent
-        jvp = tangent[..., 0].reshape(-1) if tangent is not None else torch.zeros_like(y)
+        direction = G[..., 0].reshape(-1)
+        _, jvp = torch.func.jvp(lambda x: self.matrix(t, x)[..., 0].reshape(-1), (y,), (direction,))
         return G, jvp * v.expand(*self.shape[:-1], 1).expand(self.shape).reshape(-1)
 
 

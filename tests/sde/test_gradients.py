@@ -494,3 +494,24 @@ def test_backsolve_ito_backward_in_time(noise, solver):
         sol = pyode.solve(prob, solver, dt=2**-9, adaptive=False, saveat=[0.0], sensealg=sensealg)
         grads.append(torch.autograd.grad(sol.y[-1].square().sum(), y1)[0])
     assert relative(grads[1], grads[0]) < 3e-2
+
+
+@pytest.mark.parametrize("noise", ["diagonal", "scalar"])
+@pytest.mark.parametrize("sde_type", [ITO, STRAT])
+def test_milstein_forward_solve_is_the_same_under_every_sensealg(noise, sde_type):
+    # The adjoints run the forward solve inside an autograd.Function under no_grad, where
+    # torch.autograd's forward AD records no tangent: Milstein's term once vanished there for
+    # scalar noise (the solve became Euler–Maruyama's, 4e-3 off here), silently.
+    setup = Setup(noise, sde_type)
+    solutions = [
+        setup.solve(pyode.Milstein(), sensealg).y.detach()
+        for sensealg in (pyode.DirectAdjoint(), pyode.BacksolveAdjoint())
+    ]
+    with torch.no_grad():
+        solutions.append(setup.solve(pyode.Milstein(), pyode.DirectAdjoint()).y)
+    euler = setup.solve(
+        pyode.EulerMaruyama() if sde_type == ITO else pyode.EulerHeun(), pyode.DirectAdjoint()
+    ).y.detach()
+    assert relative(solutions[0], euler) > 1e-4  # the term is there to lose
+    for other in solutions[1:]:
+        assert torch.allclose(other, solutions[0], rtol=1e-13, atol=1e-13)
