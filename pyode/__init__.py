@@ -71,6 +71,7 @@ from .solvers import Reversible as Reversible
 from .solvers import ReversibleHeun as ReversibleHeun
 from .solvers import Rodas5P as Rodas5P
 from .solvers import Rosenbrock23 as Rosenbrock23
+from .solvers import ShARK as ShARK
 from .solvers import Tsit5 as Tsit5
 from .step_control import AbstractController as AbstractController
 from .step_control import ConstantStepSize as ConstantStepSize

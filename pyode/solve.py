@@ -243,7 +243,7 @@ def solve(
     return sol
 
 
-_SDE_SOLVERS = "EulerMaruyama(), EulerHeun(), Heun(), Midpoint(), ReversibleHeun(), Milstein() or SRA1()"
+_SDE_SOLVERS = "EulerMaruyama(), EulerHeun(), Heun(), Midpoint(), ReversibleHeun(), Milstein(), SRA1() or ShARK()"
 
 
 def _lower_sde(prob: SDEProblem, solver: AbstractSolver, sensealg: Any, backend: str, asked: dict) -> NoisyODEProblem:
@@ -266,7 +266,7 @@ def _lower_sde(prob: SDEProblem, solver: AbstractSolver, sensealg: Any, backend:
         fix = (
             "EulerHeun(), Heun(), Midpoint(), ReversibleHeun() or Milstein()"
             if prob.sde_type == "stratonovich"
-            else "EulerMaruyama(), Milstein() or (additive noise) SRA1()"
+            else "EulerMaruyama(), Milstein() or (additive noise) SRA1() or ShARK()"
         )
         raise ValueError(
             f"{solver!r} converges to the {' or '.join(solver.sde_types)} solution, but this SDE has "

@@ -26,4 +26,5 @@ from .sde import AbstractSDESolver as AbstractSDESolver
 from .sde import EulerHeun as EulerHeun
 from .sde import EulerMaruyama as EulerMaruyama
 from .sde import Milstein as Milstein
+from .sde import ShARK as ShARK
 from .tableau import ButcherTableau as ButcherTableau

@@ -19,6 +19,7 @@ by name. Strong orders (on diagonal commutative noise, which every test problem 
 | ReversibleHeun | Stratonovich | any | 0.5 (1.0 commutative) | 1 f, 1 g | yes |
 | Milstein | both | diagonal, scalar, additive | 1.0 | 1 f, 1 g + one VJP | yes |
 | SRA1 | both (additive) | additive | 1.5 | 2 f, 2 g | yes |
+| ShARK | both (additive) | additive | 1.5 | 2 f, 2 g | yes |
 """
 
 from __future__ import annotations
@@ -399,6 +400,49 @@ class _SRA1Stepper(_SDEStepper):
         y1 = y + h * (k1 / 3 + f2 * (2 / 3)) + noise
         euler = y + h * k1 + D.times(G_start, dW)
         return StepResult(t, h, y, y1, error=y1 - euler)
+
+
+@dataclass(frozen=True)
+class ShARK(AbstractSDESolver):
+    """Foster's shifted additive-noise Runge–Kutta method: strong order 1.5 for additive noise
+    with two drift evaluations per step, like `SRA1`, but a smaller error constant. It reads the
+    space-time Lévy area H of the Brownian motion; its first stage is shifted by H:
+
+        z₁ = y_n + g H,   z₂ = y_n + (5/6) h f(t_n, z₁) + g ((5/6) ΔW + H),
+        y_{n+1} = y_n + h (0.4 f(t_n, z₁) + 0.6 f(t_n + 5h/6, z₂)) + ∫ g dW,
+
+    with g = g(t_n) in the stages and ∫ g dW = g(t_n + h) ΔW + (g(t_n) − g(t_n + h)) (ΔW/2 + H)
+    (exact for g linear in t, as in `SRA1`; for constant g it is g ΔW). Adaptive with the
+    embedded estimate 0.6 h (f(t_n + 5h/6, z₂) − f(t_n, z₁)). Either calculus (they agree for
+    additive noise).
+
+    Reference: Foster, Dos Reis & Strange, "High order splitting methods for SDEs satisfying a
+    commutativity condition", SIAM J. Numer. Anal. 62(1) (2024), eq. (6.1) (the ShARK method).
+    """
+
+    order: ClassVar[float] = 1.5
+    error_order: ClassVar[float] = 0.5
+    sde_types: ClassVar[tuple[str, ...]] = ("ito", "stratonovich")
+    noise_types: ClassVar[tuple[str, ...]] = ("additive",)
+    levy_area: ClassVar[bool] = True
+
+    def stepper(self, f: VectorField, dtype: torch.dtype, device: torch.device) -> _ShARKStepper:
+        return _ShARKStepper(self, f)
+
+
+class _ShARKStepper(_SDEStepper):
+    uses_k1 = False  # its first stage reads f at the shifted point z₁, not at y_n
+
+    def step(self, t: float, y: torch.Tensor, h: float, k1: torch.Tensor | None) -> StepResult:
+        D = self.diffusion
+        dW, H = D.levy(t, h)
+        G_start, G_end = D.matrix(t, y), D.matrix(t + h, y)
+        f1 = self.f(t, y + D.times(G_start, H))
+        z2 = y + (5 / 6 * h) * f1 + D.times(G_start, dW * (5 / 6) + H)
+        f2 = self.f(t + 5 / 6 * h, z2)
+        noise = D.times(G_end, dW) + D.times(G_start - G_end, dW * 0.5 + H)
+        y1 = y + h * (0.4 * f1 + 0.6 * f2) + noise
+        return StepResult(t, h, y, y1, error=(0.6 * h) * (f2 - f1))
 
 
 # The ODE solvers whose names step SDEs too, as in diffrax: Euler is then Euler–Maruyama, Heun and

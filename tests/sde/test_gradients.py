@@ -151,6 +151,7 @@ FD = [
     ("general", STRAT, pyode.Heun()),
     ("general", STRAT, pyode.ReversibleHeun()),
     ("additive", ITO, pyode.SRA1()),
+    ("additive", STRAT, pyode.ShARK()),
 ]
 
 

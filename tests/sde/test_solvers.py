@@ -19,7 +19,7 @@ Measured slopes (float64; float32 agrees to ±0.01):
 | GBM, general commutative noise | 0.51 | - | 0.98 | 0.99 | 0.99 | 0.98 | - |
 | general non-commutative noise (self-convergence) | 0.51 | - | 0.54 | 0.51 | 0.51 | 0.54 | - |
 | linear drift, additive g(t) (exact) | 1.04 | 1.04 | 1.02 | 1.01 | 1.01 | 1.04 | 2.05 |
-| sin drift, additive g(t) (fine SRA1 reference) | 0.99 | - | - | - | - | - | 1.49 |
+| sin drift, additive g(t) (fine SRA1 reference) | 0.99 | - | - | - | - | - | 1.49 (ShARK 1.5) |
 
 Weak order (h = 2⁻³ … 2⁻⁷, first / second moment): EM 0.95 / 0.91, Milstein 0.97 / 0.94.
 ReversibleHeun reaches order 1.0 on commutative noise (not only additive, as its docstring says);
@@ -333,7 +333,7 @@ def additive_nonlinear():
     return prob, ref
 
 
-@pytest.mark.parametrize(("solver", "order"), [(pyode.SRA1(), 1.5), (pyode.EulerMaruyama(), 1.0)])
+@pytest.mark.parametrize(("solver", "order"), [(pyode.SRA1(), 1.5), (pyode.ShARK(), 1.5), (pyode.EulerMaruyama(), 1.0)])
 def test_strong_order_additive_nonlinear(additive_nonlinear, solver, order):
     prob, ref = additive_nonlinear
     dts = [2.0**-k for k in range(1, 7)]
@@ -503,6 +503,7 @@ COUNTS = [
     (pyode.ReversibleHeun(), STRAT, "diagonal", 1, 1),
     (pyode.Milstein(), ITO, "diagonal", 1, 1),
     (pyode.SRA1(), ITO, "additive", 2, 2),
+    (pyode.ShARK(), ITO, "additive", 2, 2),
 ]
 
 
@@ -612,6 +613,7 @@ REFUSALS = {
     ),
     "Milstein-general": (lambda: _solve(_prob(noise="general"), pyode.Milstein()), ValueError, r"Milstein.*'general'"),
     "SRA1-diagonal": (lambda: _solve(_prob(), pyode.SRA1()), ValueError, r"SRA1.*additive.*'diagonal'"),
+    "ShARK-diagonal": (lambda: _solve(_prob(), pyode.ShARK()), ValueError, r"ShARK.*additive.*'diagonal'"),
     "SRA1-general": (lambda: _solve(_prob(noise="general"), pyode.SRA1()), ValueError, r"SRA1.*additive.*'general'"),
     "SRA1-no-levy-area": (
         lambda: _solve(
