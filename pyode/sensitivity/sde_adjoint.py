@@ -25,7 +25,7 @@ import torch
 from ..integrate import StateLayout
 from ..problem import SDENoise, Stats
 from ..solvers.base import AbstractSolver
-from ..solvers.sde import AbstractDiffusion, AbstractSDESolver, SDEHeun, sde_form
+from ..solvers.sde import AbstractDiffusion, AbstractSDESolver, Diffusion, SDEHeun, sde_form
 from .adjoint import AdjointGradients, ForwardRecord, adjoint_norm, solve_backward, sweep
 from .vector_field import VectorField
 
@@ -56,8 +56,8 @@ def _grad(out: torch.Tensor, inputs: tuple, cotangent: torch.Tensor, create: boo
 class _StratonovichDrift:
     """f_s(t, z) on flat states, differentiable: f, less ½ Σ_k (∂g_k/∂z) g_k for an Itô SDE."""
 
-    def __init__(self, record: ForwardRecord, noise: SDENoise, stats: Stats):
-        self.f, self.g, self.noise, self.stats = record.prob.f, noise.g, noise, stats
+    def __init__(self, record: ForwardRecord, noise: SDENoise, g: Diffusion, stats: Stats):
+        self.f, self.g, self.noise, self.stats = record.prob.f, g, noise, stats
         self.layout: StateLayout = record.layout
         self.ito = noise.sde_type == "ito" and noise.noise != "additive"
         # An Itô SDE solved backward in time (t1 < t0) is an Itô SDE in the reversed time, whose
@@ -71,9 +71,7 @@ class _StratonovichDrift:
         out = self.layout.call(self.f, t, z)
         if not self.ito:
             return out
-        self.stats.nfe_diffusion += 1
-        shape = self.layout.shapes[0]
-        G = self.g(torch.scalar_tensor(t, dtype=z.dtype, device=z.device), z.view(shape)).to(z.dtype)
+        G = self.g.matrix(t, z)
         if not G.requires_grad:  # g reads neither z nor a parameter: no correction
             return out
         if self.noise.noise == "diagonal":
@@ -98,24 +96,18 @@ class _AdjointDiffusion(AbstractDiffusion):
 
     noise = "general"
 
-    def __init__(self, record: ForwardRecord, noise: SDENoise, params: tuple, vf: VectorField, stats: Stats):
-        self.g, self.bm, self.params, self.vf, self.stats = noise.g, noise.bm, params, vf, stats
-        self.layout = record.layout
-        self.kind = noise.noise
-        self.n = record.layout.numel
+    def __init__(self, record: ForwardRecord, g: Diffusion, params: tuple, vf: VectorField):
+        self.g, self.params, self.vf = g, params, vf
         self.aug = StateLayout((record.ys[0], record.ys[0], record.ys.new_zeros(sum(vf.sizes))))
 
     def increment(self, t: float, h: float) -> torch.Tensor:
-        return self.bm(t, t + h)
+        return self.g.increment(t, h)
 
     def prod(self, t: float, y: torch.Tensor, dW: torch.Tensor) -> torch.Tensor:
         z, a, _ = self.aug.unflatten(y)
-        self.stats.nfe_diffusion += 1
         with torch.enable_grad():
             z_ = z.detach().requires_grad_(True)
-            tt = torch.scalar_tensor(t, dtype=z.dtype, device=z.device)
-            G = self.g(tt, z_.view(self.layout.shapes[0])).to(z.dtype)
-            out = (G * dW).reshape(-1) if self.kind == "diagonal" else (G @ dW.unsqueeze(-1)).reshape(-1)
+            out = self.g.prod(t, z_, dW)
             grads = _grad(out, (z_, *self.params), -a, create=False)
         grad_z = grads[0] if grads[0] is not None else torch.zeros_like(z)
         return torch.cat((out.detach(), grad_z, self.vf.flat_params(grads[1:], z)))
@@ -127,8 +119,9 @@ def sde_backsolve_sweep(
     """dL/dz0 and dL/dθ by the stochastic adjoint (see the module docstring)."""
     noise: SDENoise = record.prob.noise
     params = record.params
-    drift = _StratonovichDrift(record, noise, stats)
-    diffusion = _AdjointDiffusion(record, noise, params, vf, stats)
+    g = Diffusion(noise.g, noise.bm, noise.noise, record.layout, stats)  # the forward g, on z
+    drift = _StratonovichDrift(record, noise, g, stats)
+    diffusion = _AdjointDiffusion(record, g, params, vf)
     solver = backward_solver(sensealg, record.solver)
     backward = dataclasses.replace(sensealg, solver=solver)
     norm = adjoint_norm(sensealg, n_groups=3, keep=2)
